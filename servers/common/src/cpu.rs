@@ -1,0 +1,150 @@
+//! CPU affinity and timer slack.
+//!
+//! Benchmarks pin the server and the load generator to disjoint cores so they
+//! do not steal each other's cycles; pinning happens first thing in `main`,
+//! before the runtime spawns threads, because threads inherit the mask.
+
+use std::io;
+
+use crate::CommonError;
+
+/// Number of CPUs the kernel has online (indices `0..available_cpus()`).
+///
+/// This is the system's count, not the current affinity mask's, so a process
+/// started under `taskset` can still name any existing core. Never below 1.
+pub fn available_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions; it returns -1 on error.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n >= 1 {
+        n as usize
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// Pins the calling thread (and so every thread it spawns later) to `cpus`.
+///
+/// An empty slice is a no-op. Fails without touching the mask if an index is
+/// `>= available_cpus()` (or beyond the kernel's fixed-size `cpu_set_t`).
+pub fn pin_to_cpus(cpus: &[usize]) -> Result<(), CommonError> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    let available = available_cpus();
+    // cpu_set_t holds CPU_SETSIZE bits; CPU_SET past that would write out of bounds.
+    let limit = available.min(libc::CPU_SETSIZE as usize);
+    if let Some(&bad) = cpus.iter().find(|&&c| c >= limit) {
+        return Err(CommonError::Affinity {
+            cpus: cpus.to_vec(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cpu {bad} does not exist: this host has cpus 0..{available}"),
+            ),
+        });
+    }
+    // SAFETY: cpu_set_t is a plain bit array, valid when zeroed.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        // SAFETY: c < CPU_SETSIZE was checked above, so the bit is in bounds.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: pid 0 is the calling thread; the pointer and size describe `set`.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(CommonError::Affinity {
+            cpus: cpus.to_vec(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// The calling thread's affinity mask as a sorted list of CPU indices.
+pub fn current_affinity() -> Result<Vec<usize>, CommonError> {
+    // SAFETY: cpu_set_t is a plain bit array, valid when zeroed.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; the pointer and size describe `set`.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(CommonError::Affinity {
+            cpus: Vec::new(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: i < CPU_SETSIZE, so the bit is in bounds.
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .collect())
+}
+
+/// Sets the calling thread's timer slack (PR_SET_TIMERSLACK), best effort.
+///
+/// The default slack of 50 µs lets the kernel coalesce wakeups, which is
+/// exactly the jitter a precise timer thread must avoid. `0` would mean "reset
+/// to the default", so it is raised to 1 ns.
+pub fn set_timer_slack_ns(ns: u64) {
+    let ns = ns.max(1) as libc::c_ulong;
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and touches only the
+    // calling thread's scheduling attributes. Failure is harmless (best effort).
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, ns, 0, 0, 0);
+    }
+}
+
+/// The calling thread's timer slack in nanoseconds, if the kernel reports it.
+pub fn timer_slack_ns() -> Option<u64> {
+    // SAFETY: PR_GET_TIMERSLACK takes no pointer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) };
+    (rc >= 0).then_some(rc as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_is_noop() {
+        pin_to_cpus(&[]).unwrap();
+    }
+
+    #[test]
+    fn out_of_range_is_rejected() {
+        let n = available_cpus();
+        assert!(n >= 1);
+        let err = pin_to_cpus(&[0, n]).unwrap_err();
+        assert!(matches!(err, CommonError::Affinity { .. }));
+        assert!(err.to_string().contains(&format!("cpu {n}")), "{err}");
+    }
+
+    #[test]
+    fn pin_applies_to_this_thread_and_children() {
+        // Run on a scratch thread so the test harness thread keeps its mask.
+        std::thread::spawn(|| {
+            let before = current_affinity().unwrap();
+            let target = *before.first().expect("at least one allowed cpu");
+            pin_to_cpus(&[target]).unwrap();
+            assert_eq!(current_affinity().unwrap(), vec![target]);
+            let child = std::thread::spawn(|| current_affinity().unwrap())
+                .join()
+                .unwrap();
+            assert_eq!(child, vec![target], "spawned threads inherit the mask");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn timer_slack_is_set() {
+        std::thread::spawn(|| {
+            set_timer_slack_ns(1);
+            assert_eq!(timer_slack_ns(), Some(1));
+            set_timer_slack_ns(0);
+            assert_eq!(timer_slack_ns(), Some(1), "0 is raised to 1 ns");
+            set_timer_slack_ns(200_000);
+            assert_eq!(timer_slack_ns(), Some(200_000));
+        })
+        .join()
+        .unwrap();
+    }
+}
