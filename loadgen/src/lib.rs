@@ -1,0 +1,19 @@
+//! refbench's load generator: profiles → resolved plan → loader processes (Goose on `current_thread` runtimes with
+//! lean hyper clients) → exact merged HdrHistograms, CPU/RSS costs and SLO verdicts in `result.json`.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the bird's-eye view.
+
+pub mod cli;
+pub mod client;
+pub mod compare;
+pub mod error;
+pub mod hist;
+pub mod host;
+pub mod plan;
+pub mod procs;
+pub mod profile;
+pub mod report;
+pub mod result;
+pub mod run;
+pub mod schedule;
+pub mod worker;

@@ -1,0 +1,962 @@
+//! The resolved run plan: a profile validated once, with every default filled in. Everything downstream (the
+//! coordinator, loader processes, results) reads this and never the raw profile, so a value is checked in one place.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProfileError;
+use crate::profile::{PhaseSection, Profile, RequestSection, SloSection};
+
+/// Built-in systems `loadgen serve` and profiles know.
+pub const BUILTIN_SYSTEMS: &[&str] = &["floor"];
+
+/// Longest phase we accept; longer soaks should be split into phases so results stay per-phase.
+pub const MAX_PHASE_DURATION_S: f64 = 24.0 * 3600.0;
+/// Most connections one phase may open.
+pub const MAX_CONNECTIONS: usize = 50_000;
+/// Highest arrival rate a phase may ask for.
+pub const MAX_RATE_RPS: f64 = 10_000_000.0;
+/// Default cap on all requests of a run.
+pub const DEFAULT_MAX_REQUESTS: u64 = 100_000_000;
+/// Largest request body a profile may define.
+pub const MAX_REQUEST_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// A validated profile.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Plan {
+    /// Profile name.
+    pub name: String,
+    /// Profile description.
+    pub description: String,
+    /// Run-wide limits.
+    pub limits: Limits,
+    /// Where processes run.
+    pub placement: Placement,
+    /// Floor measurement at run start, if enabled.
+    pub calibration: Option<CalibrationPlan>,
+    /// Targets in profile order (sorted by name).
+    pub targets: Vec<TargetPlan>,
+    /// Phases in run order, steps expanded.
+    pub phases: Vec<PhasePlan>,
+}
+
+/// Run-wide bounds; every loop in loadgen stops at one of these at the latest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Limits {
+    /// Hard cap on the whole run.
+    pub max_duration_s: f64,
+    /// Hard cap on requests over all phases.
+    pub max_requests: u64,
+    /// Per-request timeout.
+    pub request_timeout_ms: u64,
+    /// Sent this long after the intended time = late.
+    pub late_threshold_us: u64,
+    /// Loader send-lag p99 above this makes the run invalid.
+    pub max_send_lag_us_p99: u64,
+    /// Loader CPU share of its core above this makes the run invalid.
+    pub max_loader_cpu_ratio: f64,
+}
+
+/// Core placement of servers and loader processes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Placement {
+    /// Cores for loader processes.
+    pub loader_cpus: Vec<usize>,
+    /// Cores for built-in servers.
+    pub server_cpus: Vec<usize>,
+    /// How many loader processes share each phase's load.
+    pub loader_processes: usize,
+}
+
+/// The calibration recipe (kept in results so two runs can be checked to have used the same one).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CalibrationPlan {
+    /// Open-loop rate against the floor.
+    pub rate_rps: f64,
+    /// Duration.
+    pub duration_s: f64,
+    /// HTTP/1.1 connections.
+    pub connections: usize,
+}
+
+/// What a target is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TargetKind {
+    /// A server loadgen starts itself.
+    Builtin {
+        /// System name, e.g. `floor`.
+        system: String,
+        /// Extra server arguments.
+        args: Vec<String>,
+    },
+    /// A server somebody else runs.
+    External {
+        /// Base URL.
+        url: String,
+        /// Admin base URL for `/metrics`.
+        admin_url: Option<String>,
+    },
+}
+
+/// A named target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetPlan {
+    /// Name used by phases.
+    pub name: String,
+    /// Built-in or external.
+    #[serde(flatten)]
+    pub kind: TargetKind,
+}
+
+/// Load model of a phase.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "model", rename_all = "snake_case")]
+pub enum LoadModel {
+    /// Arrivals at a rate, independent of responses; latency timed from the intended send.
+    Open {
+        /// Rate at the phase start.
+        rate_rps: f64,
+        /// Rate at the phase end (equal to `rate_rps` when constant).
+        end_rate_rps: f64,
+        /// Spacing of arrivals.
+        arrival: Arrival,
+    },
+    /// A fixed number of users, each sending its next request after the previous response (and think time).
+    Closed {
+        /// Pause between a response and the next request.
+        think_time_ms: f64,
+    },
+}
+
+/// Arrival process of the open model.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Arrival {
+    /// Evenly spaced.
+    Fixed,
+    /// Exponential gaps (seeded).
+    Poisson,
+}
+
+/// HTTP version spoken to the target.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum HttpVersion {
+    /// HTTP/1.1 keep-alive: one request in flight per connection.
+    #[serde(rename = "1.1")]
+    Http1,
+    /// HTTP/2 prior knowledge (cleartext): many lanes share a connection.
+    #[serde(rename = "2")]
+    Http2,
+}
+
+/// One request of the mix.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RequestPlan {
+    /// Name in reports.
+    pub name: String,
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Weight in the mix.
+    pub weight: u32,
+    /// Body.
+    pub body: String,
+    /// Extra headers.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A validated phase.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PhasePlan {
+    /// Unique name.
+    pub name: String,
+    /// Target name.
+    pub target: String,
+    /// Excluded from results and SLOs.
+    pub warmup: bool,
+    /// Load model.
+    pub load: LoadModel,
+    /// Length.
+    pub duration_s: f64,
+    /// TCP connections.
+    pub connections: usize,
+    /// Lanes (closed: users; open: independent arrival streams), spread over the connections.
+    pub users: usize,
+    /// HTTP version.
+    pub http: HttpVersion,
+    /// Seed.
+    pub seed: u64,
+    /// Cap on this phase's requests.
+    pub max_requests: u64,
+    /// Request mix.
+    pub requests: Vec<RequestPlan>,
+    /// SLOs that apply to this phase.
+    pub slo: SloSection,
+}
+
+impl PhasePlan {
+    /// Requests the phase is expected to send (open model), or `None` for closed.
+    pub fn expected_requests(&self) -> Option<f64> {
+        match self.load {
+            LoadModel::Open {
+                rate_rps,
+                end_rate_rps,
+                ..
+            } => Some((rate_rps + end_rate_rps) / 2.0 * self.duration_s),
+            LoadModel::Closed { .. } => None,
+        }
+    }
+
+    /// Short name of the model.
+    pub fn model_name(&self) -> &'static str {
+        match self.load {
+            LoadModel::Open { .. } => "open",
+            LoadModel::Closed { .. } => "closed",
+        }
+    }
+
+    /// Mean offered rate over the phase (open model).
+    pub fn offered_rate_rps(&self) -> Option<f64> {
+        match self.load {
+            LoadModel::Open {
+                rate_rps,
+                end_rate_rps,
+                ..
+            } => Some((rate_rps + end_rate_rps) / 2.0),
+            LoadModel::Closed { .. } => None,
+        }
+    }
+}
+
+/// Environment facts validation depends on, passed in so tests can vary them.
+#[derive(Debug, Clone, Copy)]
+pub struct Env {
+    /// Cores this process may use.
+    pub available_cpus: usize,
+}
+
+impl Env {
+    /// The real environment.
+    pub fn detect() -> Env {
+        Env {
+            available_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+fn positive(field: &str, v: f64, max: f64) -> Result<f64, ProfileError> {
+    if !v.is_finite() || v <= 0.0 {
+        return Err(ProfileError::invalid(
+            field,
+            format!("must be a positive number, got {v}"),
+        ));
+    }
+    if v > max {
+        return Err(ProfileError::invalid(
+            field,
+            format!("must be at most {max}, got {v}"),
+        ));
+    }
+    Ok(v)
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), ProfileError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ProfileError::invalid(
+            field,
+            format!("`{name}` must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+        ))
+    }
+}
+
+/// True when every address `host:port` resolves to is loopback.
+pub fn is_loopback_host(host: &str, port: u16) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return ip.is_loopback();
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match (host, port).to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<SocketAddr> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+/// Parsed pieces of an `http://host:port/prefix` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// Host as written (brackets kept for IPv6).
+    pub host: String,
+    /// Port (default 80).
+    pub port: u16,
+    /// Path prefix without a trailing slash ("" for none).
+    pub prefix: String,
+}
+
+impl HttpUrl {
+    /// Parses a plain-HTTP base URL; refuses anything else with a reason.
+    pub fn parse(url: &str) -> Result<HttpUrl, String> {
+        let rest = if let Some(r) = url.strip_prefix("http://") {
+            r
+        } else if url.starts_with("https://") {
+            return Err("https targets are not supported yet: use http:// (h2 is spoken with prior knowledge)".into());
+        } else {
+            return Err(format!("`{url}` is not an http:// URL"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!("`{url}` has no usable host"));
+        }
+        let (host, port) = if let Some(stripped) = authority.strip_prefix('[') {
+            let end = stripped
+                .find(']')
+                .ok_or_else(|| format!("`{url}`: unclosed '['"))?;
+            let host = &authority[..end + 2];
+            let after = &stripped[end + 1..];
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| format!("`{url}`: bad port `{p}`"))?,
+                None if after.is_empty() => 80,
+                None => return Err(format!("`{url}`: junk after host")),
+            };
+            (host.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse().map_err(|_| format!("`{url}`: bad port `{p}`"))?,
+                ),
+                None => (authority.to_string(), 80),
+            }
+        };
+        Ok(HttpUrl {
+            host,
+            port,
+            prefix: path.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn resolve_requests(
+    field: &str,
+    reqs: Option<&Vec<RequestSection>>,
+) -> Result<Vec<RequestPlan>, ProfileError> {
+    let Some(reqs) = reqs else {
+        return Ok(vec![RequestPlan {
+            name: "GET /".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            weight: 1,
+            body: String::new(),
+            headers: BTreeMap::new(),
+        }]);
+    };
+    if reqs.is_empty() {
+        return Err(ProfileError::invalid(
+            field,
+            "must list at least one request",
+        ));
+    }
+    if reqs.len() > 1000 {
+        return Err(ProfileError::invalid(
+            field,
+            "at most 1000 requests in a mix",
+        ));
+    }
+    let mut out = Vec::with_capacity(reqs.len());
+    for (i, r) in reqs.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let method = r
+            .method
+            .clone()
+            .unwrap_or_else(|| "GET".into())
+            .to_ascii_uppercase();
+        if !is_token(&method) {
+            return Err(ProfileError::invalid(
+                format!("{f}.method"),
+                format!("`{method}` is not an HTTP method"),
+            ));
+        }
+        if !r.path.starts_with('/')
+            || r.path
+                .chars()
+                .any(|c| c.is_ascii_whitespace() || c.is_control())
+        {
+            return Err(ProfileError::invalid(
+                format!("{f}.path"),
+                format!(
+                    "`{}` must start with '/' and contain no spaces or control characters",
+                    r.path
+                ),
+            ));
+        }
+        let weight = r.weight.unwrap_or(1);
+        if weight == 0 || weight > 1_000_000 {
+            return Err(ProfileError::invalid(
+                format!("{f}.weight"),
+                "must be 1..=1000000",
+            ));
+        }
+        let body = r.body.clone().unwrap_or_default();
+        if body.len() > MAX_REQUEST_BODY_BYTES {
+            return Err(ProfileError::invalid(
+                format!("{f}.body"),
+                "larger than 16 MiB",
+            ));
+        }
+        for (k, v) in &r.headers {
+            if !is_token(k) {
+                return Err(ProfileError::invalid(
+                    format!("{f}.headers"),
+                    format!("`{k}` is not a header name"),
+                ));
+            }
+            if http::HeaderValue::from_str(v).is_err() {
+                return Err(ProfileError::invalid(
+                    format!("{f}.headers.{k}"),
+                    "not a valid header value",
+                ));
+            }
+        }
+        let name = r
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{method} {}", r.path));
+        if name.trim().is_empty() {
+            return Err(ProfileError::invalid(
+                format!("{f}.name"),
+                "must not be empty",
+            ));
+        }
+        out.push(RequestPlan {
+            name,
+            method,
+            path: r.path.clone(),
+            weight,
+            body,
+            headers: r.headers.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn check_slo(field: &str, s: &SloSection) -> Result<(), ProfileError> {
+    let lat = [
+        ("latency_us_p50", s.latency_us_p50),
+        ("latency_us_p90", s.latency_us_p90),
+        ("latency_us_p99", s.latency_us_p99),
+        ("latency_us_p999", s.latency_us_p999),
+        ("latency_us_max", s.latency_us_max),
+    ];
+    for (k, v) in lat {
+        if let Some(v) = v {
+            positive(&format!("{field}.{k}"), v, 3.6e9)?;
+        }
+    }
+    for (k, v) in [
+        ("error_ratio", s.error_ratio),
+        ("achieved_ratio_min", s.achieved_ratio_min),
+    ] {
+        if let Some(v) = v
+            && !(0.0..=1.0).contains(&v)
+        {
+            return Err(ProfileError::invalid(
+                format!("{field}.{k}"),
+                format!("must be within 0..=1, got {v}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn merge_slo(base: &SloSection, over: Option<&SloSection>) -> SloSection {
+    let Some(o) = over else { return base.clone() };
+    SloSection {
+        latency_us_p50: o.latency_us_p50.or(base.latency_us_p50),
+        latency_us_p90: o.latency_us_p90.or(base.latency_us_p90),
+        latency_us_p99: o.latency_us_p99.or(base.latency_us_p99),
+        latency_us_p999: o.latency_us_p999.or(base.latency_us_p999),
+        latency_us_max: o.latency_us_max.or(base.latency_us_max),
+        error_ratio: o.error_ratio.or(base.error_ratio),
+        achieved_ratio_min: o.achieved_ratio_min.or(base.achieved_ratio_min),
+    }
+}
+
+fn check_cpus(field: &str, cpus: &[usize], env: Env) -> Result<(), ProfileError> {
+    if cpus.is_empty() {
+        return Err(ProfileError::invalid(field, "must name at least one core"));
+    }
+    if let Some(c) = cpus.iter().find(|&&c| c >= env.available_cpus) {
+        return Err(ProfileError::invalid(
+            field,
+            format!(
+                "core {c} does not exist here ({} cores available)",
+                env.available_cpus
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Expands `steps_rps` and validates one phase section into one or more phase plans.
+fn resolve_phase(
+    i: usize,
+    p: &PhaseSection,
+    profile: &Profile,
+    default_slo: &SloSection,
+) -> Result<Vec<PhasePlan>, ProfileError> {
+    let f = format!("phases[{i}]");
+    check_name(&format!("{f}.name"), &p.name)?;
+    if !profile.targets.contains_key(&p.target) {
+        return Err(ProfileError::invalid(
+            format!("{f}.target"),
+            format!(
+                "unknown target `{}` (defined: {})",
+                p.target,
+                profile
+                    .targets
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let duration_s = positive(
+        &format!("{f}.duration_s"),
+        p.duration_s,
+        MAX_PHASE_DURATION_S,
+    )?;
+    let http = match p.http.as_deref().unwrap_or("1.1") {
+        "1.1" => HttpVersion::Http1,
+        "2" => HttpVersion::Http2,
+        other => {
+            return Err(ProfileError::invalid(
+                format!("{f}.http"),
+                format!("`{other}`: use \"1.1\" or \"2\""),
+            ));
+        }
+    };
+    let connections = p.connections.unwrap_or(8);
+    if connections == 0 || connections > MAX_CONNECTIONS {
+        return Err(ProfileError::invalid(
+            format!("{f}.connections"),
+            format!("must be 1..={MAX_CONNECTIONS}"),
+        ));
+    }
+    let users = p.users.unwrap_or(connections);
+    if users == 0 || users > MAX_CONNECTIONS * 100 {
+        return Err(ProfileError::invalid(
+            format!("{f}.users"),
+            "must be 1..=5000000",
+        ));
+    }
+    match http {
+        HttpVersion::Http1 if users != connections => {
+            return Err(ProfileError::invalid(
+                format!("{f}.users"),
+                "with http = \"1.1\" each user owns one connection: leave `users` out or make it equal to `connections`",
+            ));
+        }
+        HttpVersion::Http2 if users < connections => {
+            return Err(ProfileError::invalid(
+                format!("{f}.users"),
+                "must be at least `connections` with http = \"2\"",
+            ));
+        }
+        _ => {}
+    }
+    let seed = p.seed.unwrap_or(0x5eed_0000 + i as u64);
+    let requests = resolve_requests(&format!("{f}.requests"), p.requests.as_ref())?;
+    if let Some(s) = &p.slo {
+        check_slo(&format!("{f}.slo"), s)?;
+    }
+    let slo = merge_slo(default_slo, p.slo.as_ref());
+    let mut loads: Vec<(String, LoadModel)> = Vec::new();
+    match p.model.as_str() {
+        "open" => {
+            if p.think_time_ms.is_some() {
+                return Err(ProfileError::invalid(
+                    format!("{f}.think_time_ms"),
+                    "only for model = \"closed\"",
+                ));
+            }
+            let arrival = match p.arrival.as_deref().unwrap_or("fixed") {
+                "fixed" => Arrival::Fixed,
+                "poisson" => Arrival::Poisson,
+                other => {
+                    return Err(ProfileError::invalid(
+                        format!("{f}.arrival"),
+                        format!("`{other}`: use \"fixed\" or \"poisson\""),
+                    ));
+                }
+            };
+            match (&p.steps_rps, p.rate_rps) {
+                (Some(_), Some(_)) | (Some(_), None) if p.ramp_to_rps.is_some() => {
+                    return Err(ProfileError::invalid(
+                        format!("{f}.ramp_to_rps"),
+                        "cannot be combined with steps_rps",
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(ProfileError::invalid(
+                        format!("{f}.steps_rps"),
+                        "give either rate_rps or steps_rps",
+                    ));
+                }
+                (Some(steps), None) => {
+                    if steps.is_empty() || steps.len() > 100 {
+                        return Err(ProfileError::invalid(
+                            format!("{f}.steps_rps"),
+                            "must have 1..=100 steps",
+                        ));
+                    }
+                    for (k, &r) in steps.iter().enumerate() {
+                        positive(&format!("{f}.steps_rps[{k}]"), r, MAX_RATE_RPS)?;
+                        loads.push((
+                            format!("{}@{}rps", p.name, r),
+                            LoadModel::Open {
+                                rate_rps: r,
+                                end_rate_rps: r,
+                                arrival,
+                            },
+                        ));
+                    }
+                }
+                (None, Some(r)) => {
+                    let r = positive(&format!("{f}.rate_rps"), r, MAX_RATE_RPS)?;
+                    let end = match p.ramp_to_rps {
+                        Some(e) => positive(&format!("{f}.ramp_to_rps"), e, MAX_RATE_RPS)?,
+                        None => r,
+                    };
+                    loads.push((
+                        p.name.clone(),
+                        LoadModel::Open {
+                            rate_rps: r,
+                            end_rate_rps: end,
+                            arrival,
+                        },
+                    ));
+                }
+                (None, None) => {
+                    return Err(ProfileError::invalid(
+                        format!("{f}.rate_rps"),
+                        "an open-model phase needs rate_rps (or steps_rps)",
+                    ));
+                }
+            }
+        }
+        "closed" => {
+            for (k, present) in [
+                ("rate_rps", p.rate_rps.is_some()),
+                ("ramp_to_rps", p.ramp_to_rps.is_some()),
+                ("steps_rps", p.steps_rps.is_some()),
+                ("arrival", p.arrival.is_some()),
+            ] {
+                if present {
+                    return Err(ProfileError::invalid(
+                        format!("{f}.{k}"),
+                        "only for model = \"open\"",
+                    ));
+                }
+            }
+            let think = p.think_time_ms.unwrap_or(0.0);
+            if !think.is_finite() || !(0.0..=600_000.0).contains(&think) {
+                return Err(ProfileError::invalid(
+                    format!("{f}.think_time_ms"),
+                    "must be within 0..=600000",
+                ));
+            }
+            loads.push((
+                p.name.clone(),
+                LoadModel::Closed {
+                    think_time_ms: think,
+                },
+            ));
+        }
+        other => {
+            return Err(ProfileError::invalid(
+                format!("{f}.model"),
+                format!("`{other}`: use \"open\" or \"closed\""),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for (name, load) in loads {
+        let mut plan = PhasePlan {
+            name,
+            target: p.target.clone(),
+            warmup: p.warmup,
+            load,
+            duration_s,
+            connections,
+            users,
+            http,
+            seed,
+            max_requests: 0,
+            requests: requests.clone(),
+            slo: slo.clone(),
+        };
+        // Open phases get a cap a little above what they should send, so a runaway schedule stops by itself.
+        let default_cap = plan
+            .expected_requests()
+            .map_or(DEFAULT_MAX_REQUESTS, |e| (e * 1.1) as u64 + 1000);
+        plan.max_requests = match p.max_requests {
+            Some(0) => {
+                return Err(ProfileError::invalid(
+                    format!("{f}.max_requests"),
+                    "must be positive",
+                ));
+            }
+            Some(m) => m,
+            None => default_cap,
+        };
+        out.push(plan);
+    }
+    Ok(out)
+}
+
+/// Validates a profile into a plan.
+pub fn resolve(profile: &Profile, env: Env) -> Result<Plan, ProfileError> {
+    check_name("name", &profile.name)?;
+    if profile.targets.is_empty() {
+        return Err(ProfileError::invalid(
+            "targets",
+            "define at least one target",
+        ));
+    }
+    let mut targets = Vec::new();
+    for (name, t) in &profile.targets {
+        let f = format!("targets.{name}");
+        check_name(&f, name)?;
+        let kind = match (&t.builtin, &t.url) {
+            (Some(system), None) => {
+                if !BUILTIN_SYSTEMS.contains(&system.as_str()) {
+                    return Err(ProfileError::invalid(
+                        format!("{f}.builtin"),
+                        format!(
+                            "unknown system `{system}` (known: {})",
+                            BUILTIN_SYSTEMS.join(", ")
+                        ),
+                    ));
+                }
+                if t.admin_url.is_some() {
+                    return Err(ProfileError::invalid(
+                        format!("{f}.admin_url"),
+                        "only for url targets",
+                    ));
+                }
+                TargetKind::Builtin {
+                    system: system.clone(),
+                    args: t.args.clone(),
+                }
+            }
+            (None, Some(url)) => {
+                HttpUrl::parse(url).map_err(|e| ProfileError::invalid(format!("{f}.url"), e))?;
+                if let Some(a) = &t.admin_url {
+                    HttpUrl::parse(a)
+                        .map_err(|e| ProfileError::invalid(format!("{f}.admin_url"), e))?;
+                }
+                if !t.args.is_empty() {
+                    return Err(ProfileError::invalid(
+                        format!("{f}.args"),
+                        "only for builtin targets",
+                    ));
+                }
+                TargetKind::External {
+                    url: url.clone(),
+                    admin_url: t.admin_url.clone(),
+                }
+            }
+            _ => {
+                return Err(ProfileError::invalid(
+                    f,
+                    "give exactly one of `builtin` or `url`",
+                ));
+            }
+        };
+        targets.push(TargetPlan {
+            name: name.clone(),
+            kind,
+        });
+    }
+
+    check_slo("slo", &profile.slo)?;
+    if profile.phases.is_empty() {
+        return Err(ProfileError::invalid("phases", "define at least one phase"));
+    }
+    let mut phases: Vec<PhasePlan> = Vec::new();
+    for (i, p) in profile.phases.iter().enumerate() {
+        for plan in resolve_phase(i, p, profile, &profile.slo)? {
+            if phases.iter().any(|q| q.name == plan.name) {
+                return Err(ProfileError::invalid(
+                    format!("phases[{i}].name"),
+                    format!("`{}` is used twice", plan.name),
+                ));
+            }
+            phases.push(plan);
+        }
+    }
+    if !phases.iter().any(|p| !p.warmup) {
+        return Err(ProfileError::invalid(
+            "phases",
+            "every phase is a warm-up: nothing would be measured",
+        ));
+    }
+
+    let run = &profile.run;
+    let n = env.available_cpus.max(1);
+    let (default_server, default_loader): (Vec<usize>, Vec<usize>) = if n >= 2 {
+        ((0..n / 2).collect(), (n / 2..n).collect())
+    } else {
+        (vec![0], vec![0])
+    };
+    let loader_cpus = run.loader_cpus.clone().unwrap_or(default_loader);
+    let server_cpus = run.server_cpus.clone().unwrap_or(default_server);
+    check_cpus("run.loader_cpus", &loader_cpus, env)?;
+    check_cpus("run.server_cpus", &server_cpus, env)?;
+    let loader_processes = run.loader_processes.unwrap_or(loader_cpus.len());
+    if loader_processes == 0 || loader_processes > 64 {
+        return Err(ProfileError::invalid(
+            "run.loader_processes",
+            "must be 1..=64",
+        ));
+    }
+
+    let calibration = if profile.calibration.enabled.unwrap_or(true) {
+        let c = &profile.calibration;
+        let connections = c.connections.unwrap_or(4);
+        if connections == 0 || connections > 1000 {
+            return Err(ProfileError::invalid(
+                "calibration.connections",
+                "must be 1..=1000",
+            ));
+        }
+        Some(CalibrationPlan {
+            rate_rps: positive(
+                "calibration.rate_rps",
+                c.rate_rps.unwrap_or(4000.0),
+                MAX_RATE_RPS,
+            )?,
+            duration_s: positive("calibration.duration_s", c.duration_s.unwrap_or(2.0), 600.0)?,
+            connections,
+        })
+    } else {
+        for (k, set) in [
+            ("rate_rps", profile.calibration.rate_rps.is_some()),
+            ("duration_s", profile.calibration.duration_s.is_some()),
+            ("connections", profile.calibration.connections.is_some()),
+        ] {
+            if set {
+                return Err(ProfileError::invalid(
+                    format!("calibration.{k}"),
+                    "set while calibration is disabled",
+                ));
+            }
+        }
+        None
+    };
+
+    let phase_time_s: f64 = phases.iter().map(|p| p.duration_s).sum::<f64>()
+        + calibration.as_ref().map_or(0.0, |c| c.duration_s);
+    // Allow for server start-up, loader start-up and draining in-flight requests at every phase end.
+    let default_max_duration_s = phase_time_s + 30.0 + 5.0 * phases.len() as f64;
+    let max_duration_s = match run.max_duration_s {
+        Some(d) => {
+            let d = positive("run.max_duration_s", d, 7.0 * 24.0 * 3600.0)?;
+            if d < phase_time_s {
+                return Err(ProfileError::invalid(
+                    "run.max_duration_s",
+                    format!(
+                        "{d} s is shorter than the phases and calibration together ({phase_time_s} s)"
+                    ),
+                ));
+            }
+            d
+        }
+        None => default_max_duration_s,
+    };
+    let max_requests = run.max_requests.unwrap_or(DEFAULT_MAX_REQUESTS);
+    if max_requests == 0 {
+        return Err(ProfileError::invalid(
+            "run.max_requests",
+            "must be positive",
+        ));
+    }
+    let expected: f64 = phases.iter().filter_map(PhasePlan::expected_requests).sum();
+    if expected > max_requests as f64 {
+        return Err(ProfileError::invalid(
+            "run.max_requests",
+            format!(
+                "the open phases alone would send about {expected:.0} requests, above the cap of {max_requests}"
+            ),
+        ));
+    }
+    let request_timeout_ms = run.request_timeout_ms.unwrap_or(5_000);
+    if request_timeout_ms == 0 || request_timeout_ms > 600_000 {
+        return Err(ProfileError::invalid(
+            "run.request_timeout_ms",
+            "must be 1..=600000",
+        ));
+    }
+    let late_threshold_us = run.late_threshold_us.unwrap_or(1_000);
+    let max_send_lag_us_p99 = run.max_send_lag_us_p99.unwrap_or(2_000);
+    if max_send_lag_us_p99 == 0 {
+        return Err(ProfileError::invalid(
+            "run.max_send_lag_us_p99",
+            "must be positive",
+        ));
+    }
+    let max_loader_cpu_ratio = run.max_loader_cpu_ratio.unwrap_or(0.9);
+    if !(0.05..=1.0).contains(&max_loader_cpu_ratio) {
+        return Err(ProfileError::invalid(
+            "run.max_loader_cpu_ratio",
+            "must be within 0.05..=1",
+        ));
+    }
+
+    Ok(Plan {
+        name: profile.name.clone(),
+        description: profile.description.clone(),
+        limits: Limits {
+            max_duration_s,
+            max_requests,
+            request_timeout_ms,
+            late_threshold_us,
+            max_send_lag_us_p99,
+            max_loader_cpu_ratio,
+        },
+        placement: Placement {
+            loader_cpus,
+            server_cpus,
+            loader_processes,
+        },
+        calibration,
+        targets,
+        phases,
+    })
+}

@@ -1,0 +1,185 @@
+//! Load profiles: the TOML a person writes, parsed strictly (unknown keys are refused), then validated once into a
+//! [`Plan`](crate::plan::Plan). Nothing outside this module and `plan` looks at raw profile values.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProfileError;
+
+/// A whole load profile as written in TOML.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Short name, used in result folder names.
+    pub name: String,
+    /// Free text shown in reports.
+    #[serde(default)]
+    pub description: String,
+    /// Run-wide limits and placement.
+    #[serde(default)]
+    pub run: RunSection,
+    /// The short floor measurement taken at the start of every run.
+    #[serde(default)]
+    pub calibration: CalibrationSection,
+    /// Named targets: built-in servers that loadgen starts, or external URLs.
+    pub targets: BTreeMap<String, TargetSection>,
+    /// Phases, run in order.
+    pub phases: Vec<PhaseSection>,
+    /// SLOs applied to every measured phase (a phase may override them).
+    #[serde(default)]
+    pub slo: SloSection,
+}
+
+/// `[run]`: limits that bound the whole run, and where processes run.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Hard cap on the whole run's wall time, calibration and server start included.
+    pub max_duration_s: Option<f64>,
+    /// Hard cap on requests over all phases.
+    pub max_requests: Option<u64>,
+    /// Cores the loader processes are pinned to (one loader process per core by default).
+    pub loader_cpus: Option<Vec<usize>>,
+    /// Cores the built-in servers are pinned to.
+    pub server_cpus: Option<Vec<usize>>,
+    /// Number of loader processes; defaults to the number of loader cores.
+    pub loader_processes: Option<usize>,
+    /// Per-request timeout.
+    pub request_timeout_ms: Option<u64>,
+    /// A request sent this long after its intended time counts as late.
+    pub late_threshold_us: Option<u64>,
+    /// The run is invalid when the loader's own send lag p99 exceeds this.
+    pub max_send_lag_us_p99: Option<u64>,
+    /// The run is invalid when a loader process uses more than this share of its core.
+    pub max_loader_cpu_ratio: Option<f64>,
+}
+
+/// `[calibration]`: the floor measurement at the start of a run.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationSection {
+    /// Off only for runs that must be as short as possible; results then carry no calibration.
+    pub enabled: Option<bool>,
+    /// Open-loop arrival rate against the floor server.
+    pub rate_rps: Option<f64>,
+    /// How long the calibration load runs.
+    pub duration_s: Option<f64>,
+    /// HTTP/1.1 keep-alive connections.
+    pub connections: Option<usize>,
+}
+
+/// `[targets.NAME]`: exactly one of `builtin` or `url`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    /// A built-in server loadgen starts as a child process on loopback (`floor`).
+    pub builtin: Option<String>,
+    /// An already running server's base URL (`http://127.0.0.1:8080`).
+    pub url: Option<String>,
+    /// Extra command-line arguments for a built-in server (`["--delay-fixed-us", "500"]`).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Admin base URL of an external target, for `/metrics` scraping.
+    pub admin_url: Option<String>,
+}
+
+/// `[[phases]]`: one stretch of load with one model.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseSection {
+    /// Unique phase name.
+    pub name: String,
+    /// Target name from `[targets]`.
+    pub target: String,
+    /// Warm-up phases run but are left out of results and SLOs.
+    #[serde(default)]
+    pub warmup: bool,
+    /// `open` (arrival rate) or `closed` (fixed users).
+    pub model: String,
+    /// Phase length.
+    pub duration_s: f64,
+    /// Open model: arrival rate at the phase start.
+    pub rate_rps: Option<f64>,
+    /// Open model: ramp linearly from `rate_rps` to this rate over the phase.
+    pub ramp_to_rps: Option<f64>,
+    /// Open model: a staircase; expands into one measured phase per step of `duration_s` each.
+    pub steps_rps: Option<Vec<f64>>,
+    /// Open model: `fixed` spacing or `poisson` arrivals.
+    pub arrival: Option<String>,
+    /// Seed for arrivals and the request mix.
+    pub seed: Option<u64>,
+    /// TCP connections (open and closed).
+    pub connections: Option<usize>,
+    /// Closed model: concurrent users; HTTP/2: lanes over the connections. Defaults to `connections`.
+    pub users: Option<usize>,
+    /// Closed model: pause between a response and the user's next request.
+    pub think_time_ms: Option<f64>,
+    /// `1.1` or `2`.
+    pub http: Option<String>,
+    /// Per-phase cap on requests.
+    pub max_requests: Option<u64>,
+    /// The request mix.
+    pub requests: Option<Vec<RequestSection>>,
+    /// SLO overrides for this phase.
+    pub slo: Option<SloSection>,
+}
+
+/// `[[phases.requests]]`: one entry of the request mix.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSection {
+    /// Name shown in reports; defaults to `METHOD path`.
+    pub name: Option<String>,
+    /// HTTP method, default GET.
+    pub method: Option<String>,
+    /// Path and query, starting with `/`.
+    pub path: String,
+    /// Relative weight in the mix, default 1.
+    pub weight: Option<u32>,
+    /// Request body.
+    pub body: Option<String>,
+    /// Extra headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `[slo]`: limits that decide the exit code.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SloSection {
+    /// Upper bound on p50 latency (from intended send time).
+    pub latency_us_p50: Option<f64>,
+    /// Upper bound on p90 latency.
+    pub latency_us_p90: Option<f64>,
+    /// Upper bound on p99 latency.
+    pub latency_us_p99: Option<f64>,
+    /// Upper bound on p99.9 latency.
+    pub latency_us_p999: Option<f64>,
+    /// Upper bound on the largest latency.
+    pub latency_us_max: Option<f64>,
+    /// Upper bound on failed / all requests.
+    pub error_ratio: Option<f64>,
+    /// Lower bound on achieved / offered rate (open model).
+    pub achieved_ratio_min: Option<f64>,
+}
+
+impl Profile {
+    /// Parses profile text; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Profile, ProfileError> {
+        toml::from_str(text).map_err(|e| ProfileError::Toml {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a profile file.
+    pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Profile::parse(&text, &path.display().to_string())
+    }
+}

@@ -1,0 +1,258 @@
+//! `result.json`: the record of one run. Its shape is fixed by `results/schema.json` (checked by a test against real
+//! output); bump [`SCHEMA_VERSION`] on any incompatible change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hist::Summary;
+use crate::host::{Git, Host};
+use crate::plan::Plan;
+use crate::procs::Sampled;
+
+/// Version of the result format.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Format version.
+    pub schema_version: u32,
+    /// Version of refbench that produced it.
+    pub refbench_version: String,
+    /// Profile name.
+    pub profile_name: String,
+    /// Start, seconds since the Unix epoch.
+    pub started_at_unix_s: f64,
+    /// Wall time of the whole run.
+    pub duration_s: f64,
+    /// False when the measurement cannot be trusted (e.g. the loader was the bottleneck).
+    pub valid: bool,
+    /// Why the run is invalid, one line each.
+    pub invalid_reasons: Vec<String>,
+    /// Things worth knowing that do not invalidate the run.
+    pub warnings: Vec<String>,
+    /// SLO verdicts.
+    pub slo: SloReport,
+    /// Machine fingerprint.
+    pub host: Host,
+    /// Source tree.
+    pub git: Git,
+    /// The floor measurement taken at the start of the run.
+    pub calibration: Option<Calibration>,
+    /// The resolved profile.
+    pub profile: Plan,
+    /// Targets as run.
+    pub targets: Vec<TargetInfo>,
+    /// Measured phases.
+    pub phases: Vec<PhaseResult>,
+    /// Warm-up phases (run, not measured).
+    pub warmup_phases: Vec<WarmupSummary>,
+}
+
+/// SLO outcome.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SloReport {
+    /// True when every check passed.
+    pub passed: bool,
+    /// Every check made.
+    pub checks: Vec<SloCheck>,
+}
+
+/// One SLO comparison.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SloCheck {
+    /// Phase checked.
+    pub phase: String,
+    /// Metric name, as in the profile.
+    pub metric: String,
+    /// `max` or `min`.
+    pub bound: String,
+    /// The limit.
+    pub limit: f64,
+    /// The measured value.
+    pub actual: f64,
+    /// Verdict.
+    pub passed: bool,
+}
+
+/// The floor calibration of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Calibration {
+    /// CPU the floor server spent per request: the calibration unit.
+    pub floor_cpu_us_per_request: f64,
+    /// CPU the loader spent per request against the floor.
+    pub loader_cpu_us_per_request: f64,
+    /// Offered rate.
+    pub rate_rps: f64,
+    /// Achieved rate.
+    pub achieved_rate_rps: f64,
+    /// Length.
+    pub duration_s: f64,
+    /// Connections.
+    pub connections: usize,
+    /// Requests completed.
+    pub requests: u64,
+    /// Latency against the floor.
+    pub latency_us: Summary,
+    /// True when the calibration's own loader checks passed.
+    pub valid: bool,
+}
+
+/// A target as run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetInfo {
+    /// Name.
+    pub name: String,
+    /// `builtin` or `external`.
+    pub kind: String,
+    /// Built-in system name.
+    pub system: Option<String>,
+    /// Base URL used.
+    pub url: String,
+    /// Server pid, for built-ins.
+    pub pid: Option<u32>,
+}
+
+/// Request counts of a phase.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Requests {
+    /// All requests sent.
+    pub total: u64,
+    /// Status < 400.
+    pub ok: u64,
+    /// Errors and status ≥ 400.
+    pub failed: u64,
+    /// Sent later than the late threshold after the intended time.
+    pub late: u64,
+    /// Timed out.
+    pub timeouts: u64,
+}
+
+/// Cost of one process over a phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessResult {
+    /// `server` or `loader`.
+    pub role: String,
+    /// Target name or `loader-N`.
+    pub name: String,
+    /// Process id.
+    pub pid: u32,
+    /// CPU time used during the phase.
+    pub cpu_seconds: f64,
+    /// `cpu_seconds` per completed request, µs.
+    pub cpu_us_per_request: f64,
+    /// CPU time over wall time (1.0 = one core busy).
+    pub cpu_cores_used: f64,
+    /// Peak RSS.
+    pub rss_bytes_peak: u64,
+    /// RSS at the first sample.
+    pub rss_bytes_start: u64,
+    /// RSS at the last sample.
+    pub rss_bytes_end: u64,
+    /// End − start RSS (negative when memory was returned).
+    pub rss_growth_bytes: i64,
+    /// Resource samples taken (≥ 4 per second).
+    pub samples: u64,
+}
+
+impl ProcessResult {
+    /// Builds the figures for one process.
+    pub fn new(
+        role: &str,
+        name: &str,
+        pid: u32,
+        cpu_seconds: f64,
+        wall_s: f64,
+        requests: u64,
+        s: &Sampled,
+    ) -> Self {
+        ProcessResult {
+            role: role.into(),
+            name: name.into(),
+            pid,
+            cpu_seconds,
+            cpu_us_per_request: if requests > 0 {
+                cpu_seconds * 1e6 / requests as f64
+            } else {
+                0.0
+            },
+            cpu_cores_used: if wall_s > 0.0 {
+                cpu_seconds / wall_s
+            } else {
+                0.0
+            },
+            rss_bytes_peak: s.rss_bytes_peak,
+            rss_bytes_start: s.rss_bytes_start,
+            rss_bytes_end: s.rss_bytes_end,
+            rss_growth_bytes: s.rss_bytes_end as i64 - s.rss_bytes_start as i64,
+            samples: s.samples,
+        }
+    }
+}
+
+/// One measured phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PhaseResult {
+    /// Name.
+    pub name: String,
+    /// Target name.
+    pub target: String,
+    /// `open` or `closed`.
+    pub model: String,
+    /// `1.1` or `2`.
+    pub http: String,
+    /// `fixed` or `poisson` (open model).
+    pub arrival: Option<String>,
+    /// Planned length.
+    pub duration_s: f64,
+    /// Connections.
+    pub connections: usize,
+    /// Lanes / users.
+    pub users: usize,
+    /// Loader processes.
+    pub loader_processes: usize,
+    /// Mean offered rate (open model).
+    pub offered_rate_rps: Option<f64>,
+    /// Completed requests per second over the phase.
+    pub achieved_rate_rps: f64,
+    /// Counts.
+    pub requests: Requests,
+    /// Responses by status.
+    pub status_codes: BTreeMap<String, u64>,
+    /// Failures by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Latency from the intended send (open) or the send (closed).
+    pub latency_us: Summary,
+    /// Time from the actual send to the end of the response.
+    pub service_time_us: Summary,
+    /// The loader's own lag between "could send" and "sent" (open model).
+    pub send_lag_us: Summary,
+    /// Latency histogram, HdrHistogram V2 + base64.
+    pub histogram_hdr_v2: String,
+    /// Service-time histogram, HdrHistogram V2 + base64.
+    pub service_time_histogram_hdr_v2: String,
+    /// Response bytes received.
+    pub bytes_received: u64,
+    /// Requests Goose recorded (must equal `requests.total`).
+    pub goose_requests: u64,
+    /// Server and loader costs.
+    pub processes: Vec<ProcessResult>,
+    /// Server CPU per request over the calibration floor's (needs calibration and a built-in target).
+    pub server_cpu_floor_ratio: Option<f64>,
+    /// Change of each server counter over the phase, by target.
+    pub server_metrics: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Goose's reports for this phase.
+    pub goose_reports: Vec<String>,
+}
+
+/// A warm-up phase's counts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WarmupSummary {
+    /// Name.
+    pub name: String,
+    /// Successful requests.
+    pub ok: u64,
+    /// Failed requests.
+    pub failed: u64,
+}

@@ -1,0 +1,932 @@
+//! The coordinator of `loadgen run`: starts targets, calibrates against the floor, runs each phase with loader
+//! processes, samples CPU and memory, scrapes server counters, merges histograms exactly, checks the loader and the
+//! SLOs, and writes `result.json`.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::error::{ProfileError, RunError};
+use crate::hist::{self, Summary};
+use crate::host::{Git, Host};
+use crate::plan::{
+    self, Arrival, CalibrationPlan, Env, HttpUrl, HttpVersion, LoadModel, PhasePlan, Plan,
+    RequestPlan, TargetKind,
+};
+use crate::procs::{self, Sampler, ServerProc, WorkerLine};
+use crate::profile::{Profile, SloSection, TargetSection};
+use crate::result::{
+    Calibration, PhaseResult, ProcessResult, Requests, RunResult, SCHEMA_VERSION, SloCheck,
+    SloReport, TargetInfo, WarmupSummary,
+};
+use crate::worker::{Progress, WorkerReport, WorkerSpec};
+
+/// Everything `loadgen run` was asked.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Profile file.
+    pub profile: PathBuf,
+    /// Output folder; default `results/runs/<time>-<profile>`.
+    pub out_dir: Option<PathBuf>,
+    /// `name=url` replacements of profile targets.
+    pub target_overrides: Vec<(String, String)>,
+    /// Permit non-loopback targets.
+    pub allow_remote: bool,
+    /// No live progress lines.
+    pub quiet: bool,
+}
+
+/// Why a run did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadgenError {
+    /// Bad profile or options.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// The run itself failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// A finished run.
+#[derive(Debug)]
+pub struct Finished {
+    /// The result.
+    pub result: RunResult,
+    /// Where `result.json` was written.
+    pub out_dir: PathBuf,
+}
+
+impl Finished {
+    /// 0 all SLOs hold, 1 an SLO failed, 2 the run is invalid.
+    pub fn exit_code(&self) -> i32 {
+        if !self.result.valid {
+            2
+        } else if !self.result.slo.passed {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// Loads a profile, applies `--target` overrides and the loopback rule, and validates it.
+pub fn load_plan(opts: &RunOptions) -> Result<Plan, ProfileError> {
+    let mut profile = Profile::load(&opts.profile)?;
+    for (name, url) in &opts.target_overrides {
+        if !profile.targets.contains_key(name) {
+            return Err(ProfileError::invalid(
+                format!("--target {name}"),
+                format!(
+                    "no target `{name}` in the profile (defined: {})",
+                    profile
+                        .targets
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        profile.targets.insert(
+            name.clone(),
+            TargetSection {
+                builtin: None,
+                url: Some(url.clone()),
+                args: Vec::new(),
+                admin_url: None,
+            },
+        );
+    }
+    let plan = plan::resolve(&profile, Env::detect())?;
+    check_loopback(&plan, opts.allow_remote)?;
+    Ok(plan)
+}
+
+/// Refuses targets off this machine unless `allow_remote`.
+pub fn check_loopback(plan: &Plan, allow_remote: bool) -> Result<(), ProfileError> {
+    if allow_remote {
+        return Ok(());
+    }
+    for t in &plan.targets {
+        if let TargetKind::External { url, admin_url } = &t.kind {
+            for (field, u) in [("url", Some(url)), ("admin_url", admin_url.as_ref())] {
+                let Some(u) = u else { continue };
+                let parsed = HttpUrl::parse(u)
+                    .map_err(|e| ProfileError::invalid(format!("targets.{}.{field}", t.name), e))?;
+                if !plan::is_loopback_host(&parsed.host, parsed.port) {
+                    return Err(ProfileError::invalid(
+                        format!("targets.{}.{field}", t.name),
+                        format!(
+                            "{u} is not a loopback address; pass --allow-remote to load a remote target"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unix_now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `YYYYMMDDTHHMMSSZ` for folder names (UTC, no time-zone crate needed).
+pub fn utc_stamp(unix_s: u64) -> String {
+    let days = (unix_s / 86_400) as i64;
+    let secs = unix_s % 86_400;
+    // Civil-from-days (H. Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        secs / 3600,
+        (secs % 3600) / 60,
+        secs % 60
+    )
+}
+
+/// A target ready to be loaded.
+struct LiveTarget {
+    name: String,
+    url: String,
+    addr: SocketAddr,
+    admin: Option<(SocketAddr, String)>,
+    server: Option<ServerProc>,
+}
+
+impl LiveTarget {
+    fn info(&self) -> TargetInfo {
+        TargetInfo {
+            name: self.name.clone(),
+            kind: if self.server.is_some() {
+                "builtin"
+            } else {
+                "external"
+            }
+            .into(),
+            system: self.server.as_ref().map(|s| s.system.clone()),
+            url: self.url.clone(),
+            pid: self.server.as_ref().map(ServerProc::pid),
+        }
+    }
+
+    fn scrape(&self) -> Option<BTreeMap<String, f64>> {
+        let (addr, host) = self.admin.as_ref()?;
+        match procs::http_get(*addr, host, "/metrics", Duration::from_secs(3)) {
+            Ok((200, body)) => Some(procs::parse_prometheus(&body)),
+            _ => None,
+        }
+    }
+}
+
+struct Ctx<'a> {
+    plan: &'a Plan,
+    exe: PathBuf,
+    out_dir: PathBuf,
+    quiet: bool,
+    started: Instant,
+    requests_sent: u64,
+}
+
+impl Ctx<'_> {
+    fn deadline_left(&self) -> f64 {
+        self.plan.limits.max_duration_s - self.started.elapsed().as_secs_f64()
+    }
+}
+
+fn start_target(ctx: &Ctx<'_>, name: &str, kind: &TargetKind) -> Result<LiveTarget, RunError> {
+    match kind {
+        TargetKind::Builtin { system, args } => {
+            let log = procs::log_path(&ctx.out_dir, &format!("server-{name}"));
+            let server = procs::start_builtin(
+                &ctx.exe,
+                name,
+                system,
+                args,
+                &ctx.plan.placement.server_cpus,
+                &log,
+                Duration::from_secs(30),
+            )?;
+            let http =
+                *server
+                    .ready
+                    .listeners
+                    .get("http")
+                    .ok_or_else(|| RunError::ServerNotReady {
+                        target: name.into(),
+                        reason: "it announced no `http` listener".into(),
+                    })?;
+            let admin = server
+                .ready
+                .listeners
+                .get("admin")
+                .map(|a| (*a, a.to_string()));
+            Ok(LiveTarget {
+                name: name.into(),
+                url: format!("http://{http}"),
+                addr: http,
+                admin,
+                server: Some(server),
+            })
+        }
+        TargetKind::External { url, admin_url } => {
+            let u = HttpUrl::parse(url)
+                .map_err(|e| RunError::io(format!("target {name}"), std::io::Error::other(e)))?;
+            let addr = procs::resolve_addr(&u.host, u.port)
+                .map_err(|e| RunError::io(format!("target {name}"), std::io::Error::other(e)))?;
+            let admin = match admin_url {
+                Some(a) => {
+                    let au = HttpUrl::parse(a)
+                        .map_err(|e| RunError::io("admin url", std::io::Error::other(e)))?;
+                    let aa = procs::resolve_addr(&au.host, au.port)
+                        .map_err(|e| RunError::io("admin url", std::io::Error::other(e)))?;
+                    Some((aa, format!("{}:{}", au.host, au.port)))
+                }
+                None => None,
+            };
+            Ok(LiveTarget {
+                name: name.into(),
+                url: url.clone(),
+                addr,
+                admin,
+                server: None,
+            })
+        }
+    }
+}
+
+/// Merged outcome of one phase's loader processes.
+struct PhaseRun {
+    reports: Vec<WorkerReport>,
+    server_cpu_s: Option<f64>,
+    server_pid: Option<u32>,
+    sampled: BTreeMap<u32, procs::Sampled>,
+    worker_pids: Vec<u32>,
+    metrics_before: Option<BTreeMap<String, f64>>,
+    metrics_after: Option<BTreeMap<String, f64>>,
+    goose_reports: Vec<String>,
+}
+
+fn split(total: usize, parts: usize, i: usize) -> usize {
+    total / parts + usize::from(i < total % parts)
+}
+
+fn run_phase(
+    ctx: &mut Ctx<'_>,
+    phase: &PhasePlan,
+    target: &LiveTarget,
+    label: &str,
+) -> Result<PhaseRun, RunError> {
+    let plan = ctx.plan;
+    let workers = plan.placement.loader_processes.min(phase.users).max(1);
+    let remaining = plan.limits.max_requests.saturating_sub(ctx.requests_sent);
+    let phase_cap = phase.max_requests.min(remaining).max(1);
+    let start_unix_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        + 700_000_000;
+    let server_pid = target.server.as_ref().map(ServerProc::pid);
+    let metrics_before = target.scrape();
+    let server_cpu_before = server_pid.and_then(procs::process_cpu_seconds);
+
+    let goose_dir = ctx.out_dir.join("goose");
+    let (tx, rx) = procs::worker_channel();
+    let mut children = Vec::with_capacity(workers);
+    let mut lane_offset = 0;
+    let mut goose_reports = Vec::new();
+    for w in 0..workers {
+        let lanes = split(phase.users, workers, w);
+        let connections = match phase.http {
+            HttpVersion::Http1 => lanes,
+            HttpVersion::Http2 => split(phase.connections, workers, w).clamp(1, lanes),
+        };
+        let report_base = goose_dir.join(format!("{}-w{w}", phase.name.replace(['/', '@'], "_")));
+        goose_reports.push(format!("{}.html", report_base.display()));
+        let spec = WorkerSpec {
+            worker_index: w,
+            phase: phase.clone(),
+            lane_offset,
+            lanes,
+            total_lanes: phase.users,
+            connections,
+            target_addr: target.addr,
+            target_url: target.url.clone(),
+            start_unix_ns,
+            cpus: vec![plan.placement.loader_cpus[w % plan.placement.loader_cpus.len()]],
+            goose_report_base: Some(report_base),
+            limits: plan.limits.clone(),
+            max_requests: (phase_cap as u128 * lanes as u128).div_ceil(phase.users as u128) as u64,
+        };
+        lane_offset += lanes;
+        let json = serde_json::to_string(&spec).expect("plain data serializes");
+        let log = procs::log_path(
+            &ctx.out_dir,
+            &format!("loader-{}-w{w}", phase.name.replace(['/', '@'], "_")),
+        );
+        children.push(procs::start_worker(&ctx.exe, w, &json, &log, tx.clone())?);
+    }
+    drop(tx);
+    let worker_pids: Vec<u32> = children.iter().map(|c| c.child.id()).collect();
+    let mut pids = worker_pids.clone();
+    pids.extend(server_pid);
+    let sampler = Sampler::start(pids);
+
+    let hard_stop = Instant::now()
+        + Duration::from_secs_f64(
+            phase.duration_s + plan.limits.request_timeout_ms as f64 / 1000.0 + 35.0,
+        );
+    let mut reports: Vec<Option<WorkerReport>> = vec![None; workers];
+    let mut eof = vec![false; workers];
+    let mut pending: BTreeMap<u64, (usize, u64, u64, hdrhistogram::Histogram<u64>)> =
+        BTreeMap::new();
+    let mut last_cpu = (Instant::now(), server_cpu_before);
+    let mut failure: Option<RunError> = None;
+    while eof.iter().any(|e| !e) {
+        let left = hard_stop.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            failure = Some(RunError::Loader {
+                index: eof.iter().position(|e| !e).unwrap_or(0),
+                reason: "did not finish before the phase's hard stop".into(),
+            });
+            break;
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(500))) {
+            Ok(WorkerLine::Progress(_, json)) => {
+                let Ok(p) = serde_json::from_str::<Progress>(&json) else {
+                    continue;
+                };
+                let sec = p.elapsed_s.round() as u64;
+                let entry = pending
+                    .entry(sec)
+                    .or_insert_with(|| (0, 0, 0, hist::new_histogram()));
+                entry.0 += 1;
+                entry.1 += p.ok;
+                entry.2 += p.failed;
+                if let Ok(h) = hist::decode(&p.latency_hdr_v2) {
+                    let _ = hist::merge(&mut entry.3, &h);
+                }
+                // Print each second once every loader has reported it.
+                while let Some((&s, e)) = pending.first_key_value() {
+                    if e.0 < workers {
+                        break;
+                    }
+                    let (_, ok, failed, h) = pending.pop_first().expect("present").1;
+                    let now = Instant::now();
+                    let cpu_now = server_pid.and_then(procs::process_cpu_seconds);
+                    let cpu_pct = match (last_cpu.1, cpu_now) {
+                        (Some(a), Some(b)) => format!(
+                            "{:.0}%",
+                            (b - a) / now.duration_since(last_cpu.0).as_secs_f64() * 100.0
+                        ),
+                        _ => "-".into(),
+                    };
+                    last_cpu = (now, cpu_now);
+                    if !ctx.quiet {
+                        let sm = Summary::of(&h);
+                        eprintln!(
+                            "[{label}] t={s:>3}s rate={:>8} rps p50={:>7}us p99={:>8}us errors={failed} server_cpu={cpu_pct}",
+                            ok + failed,
+                            sm.p50,
+                            sm.p99,
+                        );
+                    }
+                }
+            }
+            Ok(WorkerLine::Report(i, json)) => match serde_json::from_str::<WorkerReport>(&json) {
+                Ok(r) => reports[i] = Some(r),
+                Err(e) => {
+                    failure = Some(RunError::Loader {
+                        index: i,
+                        reason: format!("unreadable report: {e}"),
+                    })
+                }
+            },
+            Ok(WorkerLine::Eof(i)) => eof[i] = true,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for mut c in children {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match c.child.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() && failure.is_none() {
+                        failure = Some(RunError::Loader {
+                            index: c.index,
+                            reason: format!("exited with {status}; see logs/"),
+                        });
+                    }
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => {
+                    let _ = c.child.kill();
+                    let _ = c.child.wait();
+                    break;
+                }
+            }
+        }
+    }
+    let server_cpu_after = server_pid.and_then(procs::process_cpu_seconds);
+    let sampled = sampler.finish();
+    let metrics_after = target.scrape();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let reports: Vec<WorkerReport> = reports
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.ok_or(RunError::Loader {
+                index: i,
+                reason: "sent no report".into(),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    ctx.requests_sent += reports.iter().map(|r| r.ok + r.failed).sum::<u64>();
+    Ok(PhaseRun {
+        reports,
+        server_cpu_s: server_cpu_before
+            .zip(server_cpu_after)
+            .map(|(a, b)| (b - a).max(0.0)),
+        server_pid,
+        sampled,
+        worker_pids,
+        metrics_before,
+        metrics_after,
+        goose_reports,
+    })
+}
+
+/// Merged figures of a phase.
+struct Merged {
+    latency: hdrhistogram::Histogram<u64>,
+    service: hdrhistogram::Histogram<u64>,
+    send_lag: hdrhistogram::Histogram<u64>,
+    requests: Requests,
+    wall_s: f64,
+}
+
+fn merge_reports(reports: &[WorkerReport]) -> Result<Merged, RunError> {
+    let mut latency = hist::new_histogram();
+    let mut service = hist::new_histogram();
+    let mut send_lag = hist::new_histogram();
+    let mut requests = Requests::default();
+    let mut first = f64::MAX;
+    let mut last: f64 = 0.0;
+    for r in reports {
+        hist::merge(&mut latency, &hist::decode(&r.latency_hdr_v2)?)?;
+        hist::merge(&mut service, &hist::decode(&r.service_hdr_v2)?)?;
+        hist::merge(&mut send_lag, &hist::decode(&r.send_lag_hdr_v2)?)?;
+        requests.ok += r.ok;
+        requests.failed += r.failed;
+        requests.late += r.late;
+        requests.timeouts += r.timeouts;
+        if r.ok + r.failed > 0 {
+            first = first.min(r.first_send_s);
+            last = last.max(r.last_done_s);
+        }
+    }
+    requests.total = requests.ok + requests.failed;
+    Ok(Merged {
+        latency,
+        service,
+        send_lag,
+        requests,
+        wall_s: if first <= last { last } else { 0.0 },
+    })
+}
+
+/// Loader checks: a loader that was itself the bottleneck makes the measurement invalid.
+fn loader_checks(
+    plan: &Plan,
+    phase: &PhasePlan,
+    reports: &[WorkerReport],
+    send_lag: &Summary,
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    for r in reports {
+        if r.wall_seconds > 0.5 {
+            let ratio = r.cpu_seconds / r.wall_seconds;
+            if ratio > plan.limits.max_loader_cpu_ratio {
+                reasons.push(format!(
+                    "phase `{}`: loader process {} used {:.0}% of its core (limit {:.0}%): the loader, not the target, may be the bottleneck",
+                    phase.name,
+                    r.worker_index,
+                    ratio * 100.0,
+                    plan.limits.max_loader_cpu_ratio * 100.0
+                ));
+            }
+        }
+    }
+    if matches!(phase.load, LoadModel::Open { .. })
+        && send_lag.count > 0
+        && send_lag.p99 > plan.limits.max_send_lag_us_p99
+    {
+        reasons.push(format!(
+            "phase `{}`: the loader's own send lag p99 is {} us (limit {} us): it could not keep the schedule",
+            phase.name, send_lag.p99, plan.limits.max_send_lag_us_p99
+        ));
+    }
+    reasons
+}
+
+fn metric_deltas(
+    before: Option<&BTreeMap<String, f64>>,
+    after: Option<&BTreeMap<String, f64>>,
+) -> BTreeMap<String, f64> {
+    let (Some(b), Some(a)) = (before, after) else {
+        return BTreeMap::new();
+    };
+    a.iter()
+        .map(|(k, v)| (k.clone(), v - b.get(k).copied().unwrap_or(0.0)))
+        .collect()
+}
+
+fn slo_checks(phase: &PhaseResult, slo: &SloSection) -> Vec<SloCheck> {
+    let mut out = Vec::new();
+    let l = &phase.latency_us;
+    let mut max_check = |metric: &str, limit: Option<f64>, actual: f64| {
+        if let Some(limit) = limit {
+            out.push(SloCheck {
+                phase: phase.name.clone(),
+                metric: metric.into(),
+                bound: "max".into(),
+                limit,
+                actual,
+                passed: actual <= limit,
+            });
+        }
+    };
+    max_check("latency_us_p50", slo.latency_us_p50, l.p50 as f64);
+    max_check("latency_us_p90", slo.latency_us_p90, l.p90 as f64);
+    max_check("latency_us_p99", slo.latency_us_p99, l.p99 as f64);
+    max_check("latency_us_p999", slo.latency_us_p999, l.p999 as f64);
+    max_check("latency_us_max", slo.latency_us_max, l.max as f64);
+    let total = phase.requests.total.max(1) as f64;
+    max_check(
+        "error_ratio",
+        slo.error_ratio,
+        phase.requests.failed as f64 / total,
+    );
+    if let (Some(limit), Some(offered)) = (slo.achieved_ratio_min, phase.offered_rate_rps) {
+        let actual = phase.achieved_rate_rps / offered;
+        out.push(SloCheck {
+            phase: phase.name.clone(),
+            metric: "achieved_ratio_min".into(),
+            bound: "min".into(),
+            limit,
+            actual,
+            passed: actual >= limit,
+        });
+    }
+    out
+}
+
+fn calibration_phase(c: &CalibrationPlan) -> PhasePlan {
+    PhasePlan {
+        name: "calibration".into(),
+        target: "floor".into(),
+        warmup: false,
+        load: LoadModel::Open {
+            rate_rps: c.rate_rps,
+            end_rate_rps: c.rate_rps,
+            arrival: Arrival::Fixed,
+        },
+        duration_s: c.duration_s,
+        connections: c.connections,
+        users: c.connections,
+        http: HttpVersion::Http1,
+        seed: 1,
+        max_requests: (c.rate_rps * c.duration_s * 1.1) as u64 + 1000,
+        requests: vec![RequestPlan {
+            name: "GET /".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            weight: 1,
+            body: String::new(),
+            headers: BTreeMap::new(),
+        }],
+        slo: SloSection::default(),
+    }
+}
+
+fn run_calibration(
+    ctx: &mut Ctx<'_>,
+    c: &CalibrationPlan,
+) -> Result<(Calibration, Vec<String>), RunError> {
+    let floor = start_target(
+        ctx,
+        "calibration-floor",
+        &TargetKind::Builtin {
+            system: "floor".into(),
+            args: Vec::new(),
+        },
+    )?;
+    let phase = calibration_phase(c);
+    let run = run_phase(ctx, &phase, &floor, "calibration");
+    if let Some(s) = floor.server {
+        s.stop(Duration::from_secs(5));
+    }
+    let run = run?;
+    let merged = merge_reports(&run.reports)?;
+    let requests = merged.requests.total.max(1);
+    let loader_cpu: f64 = run.reports.iter().map(|r| r.cpu_seconds).sum();
+    let lag = Summary::of(&merged.send_lag);
+    let reasons = loader_checks(ctx.plan, &phase, &run.reports, &lag);
+    Ok((
+        Calibration {
+            floor_cpu_us_per_request: run.server_cpu_s.unwrap_or(0.0) * 1e6 / requests as f64,
+            loader_cpu_us_per_request: loader_cpu * 1e6 / requests as f64,
+            rate_rps: c.rate_rps,
+            achieved_rate_rps: if merged.wall_s > 0.0 {
+                merged.requests.total as f64 / merged.wall_s.max(c.duration_s)
+            } else {
+                0.0
+            },
+            duration_s: c.duration_s,
+            connections: c.connections,
+            requests: merged.requests.total,
+            latency_us: Summary::of(&merged.latency),
+            valid: reasons.is_empty(),
+        },
+        reasons,
+    ))
+}
+
+/// Runs a profile end to end and writes `result.json` (and Goose's reports) into the output folder.
+pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
+    let plan = load_plan(opts)?;
+    let started_at = unix_now_s();
+    let out_dir = opts.out_dir.clone().unwrap_or_else(|| {
+        PathBuf::from("results/runs").join(format!(
+            "{}-{}",
+            utc_stamp(started_at as u64),
+            plan.name
+        ))
+    });
+    for d in [out_dir.clone(), out_dir.join("logs"), out_dir.join("goose")] {
+        std::fs::create_dir_all(&d).map_err(|source| RunError::Write {
+            path: d.clone(),
+            source,
+        })?;
+    }
+    let exe = std::env::current_exe().map_err(|e| RunError::io("find own executable", e))?;
+    let mut ctx = Ctx {
+        plan: &plan,
+        exe,
+        out_dir: out_dir.clone(),
+        quiet: opts.quiet,
+        started: Instant::now(),
+        requests_sent: 0,
+    };
+    let host = Host::detect();
+    let git = Git::detect();
+    let mut invalid_reasons = Vec::new();
+    let mut warnings = Vec::new();
+    if host.build_profile == "debug" {
+        warnings.push(
+            "loadgen is a debug build: loader CPU figures are not representative (use --release)"
+                .into(),
+        );
+    }
+    if plan
+        .placement
+        .loader_cpus
+        .iter()
+        .any(|c| plan.placement.server_cpus.contains(c))
+    {
+        warnings.push("loader and server cores overlap: they compete for CPU".into());
+    }
+
+    let calibration = match &plan.calibration {
+        Some(c) => {
+            let (cal, reasons) = run_calibration(&mut ctx, c)?;
+            for r in reasons {
+                warnings.push(format!("calibration: {r}"));
+            }
+            Some(cal)
+        }
+        None => None,
+    };
+
+    let mut live: BTreeMap<String, LiveTarget> = BTreeMap::new();
+    for t in &plan.targets {
+        // Start only targets some phase uses.
+        if plan.phases.iter().any(|p| p.target == t.name) {
+            live.insert(t.name.clone(), start_target(&ctx, &t.name, &t.kind)?);
+        }
+    }
+
+    let mut phases = Vec::new();
+    let mut warmups = Vec::new();
+    let mut checks = Vec::new();
+    for phase in &plan.phases {
+        if ctx.deadline_left() < phase.duration_s {
+            invalid_reasons.push(format!(
+                "run.max_duration_s reached before phase `{}`; it and the rest were not run",
+                phase.name
+            ));
+            break;
+        }
+        let target = &live[&phase.target];
+        let label = if phase.warmup {
+            format!("{} (warm-up)", phase.name)
+        } else {
+            phase.name.clone()
+        };
+        let run = run_phase(&mut ctx, phase, target, &label)?;
+        let merged = merge_reports(&run.reports)?;
+        if phase.warmup {
+            warmups.push(WarmupSummary {
+                name: phase.name.clone(),
+                ok: merged.requests.ok,
+                failed: merged.requests.failed,
+            });
+            continue;
+        }
+        let lag = Summary::of(&merged.send_lag);
+        invalid_reasons.extend(loader_checks(&plan, phase, &run.reports, &lag));
+        let goose_requests: u64 = run.reports.iter().map(|r| r.goose_requests).sum();
+        if goose_requests != merged.requests.total {
+            warnings.push(format!(
+                "phase `{}`: Goose recorded {goose_requests} requests, loadgen {}",
+                phase.name, merged.requests.total
+            ));
+        }
+        let wall_s = merged.wall_s.max(phase.duration_s);
+        let total = merged.requests.total;
+        let mut processes = Vec::new();
+        if let (Some(pid), Some(cpu)) = (run.server_pid, run.server_cpu_s) {
+            let s = run.sampled.get(&pid).cloned().unwrap_or_default();
+            processes.push(ProcessResult::new(
+                "server",
+                &phase.target,
+                pid,
+                cpu,
+                wall_s,
+                total,
+                &s,
+            ));
+        }
+        for (r, pid) in run.reports.iter().zip(&run.worker_pids) {
+            let s = run.sampled.get(pid).cloned().unwrap_or_default();
+            processes.push(ProcessResult::new(
+                "loader",
+                &format!("loader-{}", r.worker_index),
+                *pid,
+                r.cpu_seconds,
+                r.wall_seconds,
+                r.ok + r.failed,
+                &s,
+            ));
+        }
+        let server_cpu_floor_ratio =
+            match (&calibration, processes.iter().find(|p| p.role == "server")) {
+                (Some(c), Some(s)) if c.floor_cpu_us_per_request > 0.0 => {
+                    Some(s.cpu_us_per_request / c.floor_cpu_us_per_request)
+                }
+                _ => None,
+            };
+        let mut status_codes = BTreeMap::new();
+        let mut errors = BTreeMap::new();
+        for r in &run.reports {
+            for (k, v) in &r.status_codes {
+                *status_codes.entry(k.to_string()).or_insert(0) += v;
+            }
+            for (k, v) in &r.errors {
+                *errors.entry(k.clone()).or_insert(0) += v;
+            }
+        }
+        let mut server_metrics = BTreeMap::new();
+        let deltas = metric_deltas(run.metrics_before.as_ref(), run.metrics_after.as_ref());
+        if !deltas.is_empty() {
+            server_metrics.insert(phase.target.clone(), deltas);
+        }
+        let result = PhaseResult {
+            name: phase.name.clone(),
+            target: phase.target.clone(),
+            model: phase.model_name().into(),
+            http: match phase.http {
+                HttpVersion::Http1 => "1.1",
+                HttpVersion::Http2 => "2",
+            }
+            .into(),
+            arrival: match phase.load {
+                LoadModel::Open {
+                    arrival: Arrival::Fixed,
+                    ..
+                } => Some("fixed".into()),
+                LoadModel::Open {
+                    arrival: Arrival::Poisson,
+                    ..
+                } => Some("poisson".into()),
+                LoadModel::Closed { .. } => None,
+            },
+            duration_s: phase.duration_s,
+            connections: phase.connections,
+            users: phase.users,
+            loader_processes: run.reports.len(),
+            offered_rate_rps: phase.offered_rate_rps(),
+            achieved_rate_rps: total as f64 / wall_s,
+            requests: merged.requests.clone(),
+            status_codes,
+            errors,
+            latency_us: Summary::of(&merged.latency),
+            service_time_us: Summary::of(&merged.service),
+            send_lag_us: lag,
+            histogram_hdr_v2: hist::encode(&merged.latency)?,
+            service_time_histogram_hdr_v2: hist::encode(&merged.service)?,
+            bytes_received: run.reports.iter().map(|r| r.bytes_received).sum(),
+            goose_requests,
+            processes,
+            server_cpu_floor_ratio,
+            server_metrics,
+            goose_reports: run.goose_reports.clone(),
+        };
+        checks.extend(slo_checks(&result, &phase.slo));
+        phases.push(result);
+    }
+
+    let targets: Vec<TargetInfo> = live.values().map(LiveTarget::info).collect();
+    for (_, t) in std::mem::take(&mut live) {
+        if let Some(s) = t.server {
+            s.stop(Duration::from_secs(5));
+        }
+    }
+    let slo = SloReport {
+        passed: checks.iter().all(|c| c.passed),
+        checks,
+    };
+    let result = RunResult {
+        schema_version: SCHEMA_VERSION,
+        refbench_version: env!("CARGO_PKG_VERSION").into(),
+        profile_name: plan.name.clone(),
+        started_at_unix_s: started_at,
+        duration_s: ctx.started.elapsed().as_secs_f64(),
+        valid: invalid_reasons.is_empty(),
+        invalid_reasons,
+        warnings,
+        slo,
+        host,
+        git,
+        calibration,
+        profile: plan.clone(),
+        targets,
+        phases,
+        warmup_phases: warmups,
+    };
+    write_result(&out_dir, &result)?;
+    Ok(Finished { result, out_dir })
+}
+
+/// Writes `result.json` atomically (temp file + rename), so a reader never sees half a result.
+pub fn write_result(out_dir: &Path, result: &RunResult) -> Result<(), RunError> {
+    let path = out_dir.join("result.json");
+    let tmp = out_dir.join("result.json.tmp");
+    let json = serde_json::to_vec_pretty(result).expect("plain data serializes");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|source| RunError::Write { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamp_matches_known_dates() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
+        assert_eq!(utc_stamp(1_795_833_045), "20261128T023045Z");
+    }
+
+    #[test]
+    fn split_spreads_remainder() {
+        let parts: Vec<usize> = (0..3).map(|i| split(10, 3, i)).collect();
+        assert_eq!(parts, vec![4, 3, 3]);
+        assert_eq!(parts.iter().sum::<usize>(), 10);
+    }
+}

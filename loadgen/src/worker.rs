@@ -1,0 +1,599 @@
+//! A loader process: runs one phase's share of load with Goose on a `current_thread` runtime and reports exact
+//! histograms to the coordinator.
+//!
+//! Each Goose user owns one lane and runs a single transaction (iterations = 1) that loops over the lane's whole
+//! schedule. Every request is recorded twice: into our HdrHistograms (exact, mergeable across processes) and into
+//! Goose with `record_custom_request_duration` (Goose's report). Latency is timed from the *intended* send time,
+//! so a stalled server shows up in the tail instead of silently slowing the load (no coordinated omission).
+//!
+//! Protocol: the spec arrives as one JSON document on stdin; progress lines (`REFBENCH_PROGRESS {json}`) and the
+//! final report (`REFBENCH_WORKER {json}`) go to stdout. Anything else on stdout (Goose's own prints) is ignored by
+//! the coordinator.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use goose::config::GooseConfiguration;
+use goose::goose::{Scenario, Transaction, TransactionFunction};
+use goose::prelude::GooseUser;
+use goose::{GooseAttack, client::GooseClientBuilder};
+use hdrhistogram::Histogram;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{self, ClientError, Conn, Template};
+use crate::error::RunError;
+use crate::hist;
+use crate::plan::{HttpUrl, HttpVersion, Limits, LoadModel, PhasePlan};
+use crate::schedule::{LaneSchedule, MixPicker, mix_seed};
+
+/// Prefix of progress lines on a loader's stdout.
+pub const PROGRESS_PREFIX: &str = "REFBENCH_PROGRESS ";
+/// Prefix of the final report line on a loader's stdout.
+pub const REPORT_PREFIX: &str = "REFBENCH_WORKER ";
+
+/// What the coordinator tells one loader process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    /// Index of this loader among the phase's loaders.
+    pub worker_index: usize,
+    /// The phase (rates are the whole phase's; this worker carries `lanes / total_lanes` of it).
+    pub phase: PhasePlan,
+    /// Global index of this worker's first lane.
+    pub lane_offset: usize,
+    /// Lanes this worker runs.
+    pub lanes: usize,
+    /// Lanes over all workers.
+    pub total_lanes: usize,
+    /// TCP connections this worker opens (lanes are spread over them).
+    pub connections: usize,
+    /// Target address.
+    pub target_addr: SocketAddr,
+    /// Target base URL (host header, path prefix).
+    pub target_url: String,
+    /// Phase start, nanoseconds since the Unix epoch (the same instant for every worker).
+    pub start_unix_ns: u64,
+    /// Cores to pin to.
+    pub cpus: Vec<usize>,
+    /// Base path (without extension) for Goose's HTML and Markdown reports.
+    pub goose_report_base: Option<PathBuf>,
+    /// Run limits.
+    pub limits: Limits,
+    /// This worker's share of the phase's request cap.
+    pub max_requests: u64,
+}
+
+/// One second of progress from one worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    /// Worker index.
+    pub worker_index: usize,
+    /// Seconds since the phase start.
+    pub elapsed_s: f64,
+    /// Successful responses in the interval.
+    pub ok: u64,
+    /// Failed requests in the interval.
+    pub failed: u64,
+    /// Latency histogram of the interval.
+    pub latency_hdr_v2: String,
+}
+
+/// A worker's final account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// Worker index.
+    pub worker_index: usize,
+    /// Responses with a status below 400.
+    pub ok: u64,
+    /// Failed requests (status ≥ 400, errors, timeouts).
+    pub failed: u64,
+    /// Requests sent later than the late threshold after their intended time.
+    pub late: u64,
+    /// Requests that timed out.
+    pub timeouts: u64,
+    /// Response body bytes received.
+    pub bytes_received: u64,
+    /// Responses by status code.
+    pub status_codes: BTreeMap<u16, u64>,
+    /// Failures by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Latency from the intended send (open) or actual send (closed), µs.
+    pub latency_hdr_v2: String,
+    /// Service time from the actual send, µs.
+    pub service_hdr_v2: String,
+    /// The loader's own scheduling lag (actual send − the moment it could send), µs; open model only.
+    pub send_lag_hdr_v2: String,
+    /// Offset of the first send from the phase start.
+    pub first_send_s: f64,
+    /// Offset of the last completion from the phase start.
+    pub last_done_s: f64,
+    /// CPU time this process used between the phase start and its last completion (getrusage).
+    pub cpu_seconds: f64,
+    /// Wall time of that window.
+    pub wall_seconds: f64,
+    /// Requests Goose counted (a cross-check of the two recording paths).
+    pub goose_requests: u64,
+}
+
+struct Stats {
+    latency: Histogram<u64>,
+    service: Histogram<u64>,
+    send_lag: Histogram<u64>,
+    interval_latency: Histogram<u64>,
+    interval_ok: u64,
+    interval_failed: u64,
+    ok: u64,
+    failed: u64,
+    late: u64,
+    timeouts: u64,
+    bytes: u64,
+    status_codes: BTreeMap<u16, u64>,
+    errors: BTreeMap<String, u64>,
+    first_send: Option<Instant>,
+    last_done: Option<Instant>,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        Stats {
+            latency: hist::new_histogram(),
+            service: hist::new_histogram(),
+            send_lag: hist::new_histogram(),
+            interval_latency: hist::new_histogram(),
+            interval_ok: 0,
+            interval_failed: 0,
+            ok: 0,
+            failed: 0,
+            late: 0,
+            timeouts: 0,
+            bytes: 0,
+            status_codes: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            first_send: None,
+            last_done: None,
+        }
+    }
+}
+
+struct Lane {
+    conn: Option<Conn>,
+    schedule: Option<LaneSchedule>,
+    rng: SmallRng,
+}
+
+struct Shared {
+    spec: WorkerSpec,
+    start: Instant,
+    end: Instant,
+    templates: Vec<Template>,
+    picker: MixPicker,
+    lanes: Vec<Mutex<Option<Lane>>>,
+    next_lane: AtomicUsize,
+    active_lanes: AtomicUsize,
+    sent: AtomicU64,
+    stats: Mutex<Stats>,
+    cpu_start: Mutex<Option<f64>>,
+    cpu_end: Mutex<Option<(f64, Instant)>>,
+    done: AtomicBool,
+}
+
+/// CPU seconds (user + system) this process has used.
+pub fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass; RUSAGE_SELF is always valid.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: see above; the pointer is to a live local.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    if rc != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn unix_ns_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Converts a Unix-epoch instant into this process's monotonic clock.
+fn instant_from_unix_ns(ns: u64) -> Instant {
+    let now_ns = unix_ns_now();
+    let now = Instant::now();
+    if ns >= now_ns {
+        now + Duration::from_nanos(ns - now_ns)
+    } else {
+        now.checked_sub(Duration::from_nanos(now_ns - ns))
+            .unwrap_or(now)
+    }
+}
+
+fn emit(prefix: &str, value: &impl Serialize) {
+    let line = serde_json::to_string(value).expect("plain data serializes");
+    let mut out = std::io::stdout().lock();
+    // A closed stdout means the coordinator is gone; nothing useful is left to do with the error.
+    let _ = writeln!(out, "{prefix}{line}");
+    let _ = out.flush();
+}
+
+/// Entry point of `loadgen worker`: reads the spec from stdin, runs, prints the report.
+pub fn run_from_stdin() -> Result<(), RunError> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+        .map_err(|e| RunError::io("read worker spec from stdin", e))?;
+    let spec: WorkerSpec = serde_json::from_str(&text)
+        .map_err(|e| RunError::io("parse worker spec", std::io::Error::other(e)))?;
+    let report = run(spec)?;
+    emit(REPORT_PREFIX, &report);
+    Ok(())
+}
+
+/// Runs one worker to completion (pins, builds a `current_thread` runtime, runs Goose).
+pub fn run(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
+    refbench_common::cpu::pin_to_cpus(&spec.cpus)
+        .map_err(|e| RunError::io("pin loader", std::io::Error::other(e.to_string())))?;
+    refbench_common::cpu::set_timer_slack_ns(1);
+    // A hard stop in case anything hangs: the phase, one request timeout and a margin.
+    let deadline_s = spec.phase.duration_s + spec.limits.request_timeout_ms as f64 / 1000.0 + 30.0;
+    let start_in_s = (spec.start_unix_ns.saturating_sub(unix_ns_now())) as f64 / 1e9;
+    let watchdog = Duration::from_secs_f64(deadline_s + start_in_s.min(60.0));
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(watchdog);
+            eprintln!("loader watchdog: phase overran its hard limit, exiting");
+            std::process::exit(4);
+        })
+        .map_err(|e| RunError::io("spawn watchdog", e))?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::io("build runtime", e))?;
+    rt.block_on(run_async(spec))
+}
+
+async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
+    let base = HttpUrl::parse(&spec.target_url).map_err(RunError::Goose)?;
+    let templates = spec
+        .phase
+        .requests
+        .iter()
+        .map(|r| Template::new(&base, r, spec.phase.http))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(RunError::Goose)?;
+    let picker = MixPicker::new(
+        &spec
+            .phase
+            .requests
+            .iter()
+            .map(|r| r.weight)
+            .collect::<Vec<_>>(),
+    );
+    let timeout = Duration::from_millis(spec.limits.request_timeout_ms);
+
+    // Connections are opened before the phase starts so the handshake is not part of the first latencies.
+    let mut conns = Vec::with_capacity(spec.connections);
+    for _ in 0..spec.connections {
+        match client::connect(spec.target_addr, spec.phase.http, timeout).await {
+            Ok(c) => conns.push(Some(c)),
+            // A lane whose connection failed retries on its first send and counts the failure there.
+            Err(_) => conns.push(None),
+        }
+    }
+    let mut lanes = Vec::with_capacity(spec.lanes);
+    for local in 0..spec.lanes {
+        let global = spec.lane_offset + local;
+        // HTTP/1.1: one connection per lane (validated); HTTP/2: lanes share connections round-robin.
+        let slot = &mut conns[local % spec.connections];
+        let conn = match slot.as_ref().and_then(Conn::share) {
+            Some(shared) => Some(shared),
+            None => slot.take(),
+        };
+        let schedule = match spec.phase.load {
+            LoadModel::Open {
+                rate_rps,
+                end_rate_rps,
+                arrival,
+            } => Some(LaneSchedule::new(
+                rate_rps,
+                end_rate_rps,
+                spec.phase.duration_s,
+                arrival,
+                global,
+                spec.total_lanes,
+                spec.phase.seed,
+            )),
+            LoadModel::Closed { .. } => None,
+        };
+        lanes.push(Mutex::new(Some(Lane {
+            conn,
+            schedule,
+            rng: SmallRng::seed_from_u64(mix_seed(spec.phase.seed ^ 0xA5A5, global as u64)),
+        })));
+    }
+    drop(conns);
+
+    let start = instant_from_unix_ns(spec.start_unix_ns);
+    let end = start + Duration::from_secs_f64(spec.phase.duration_s);
+    let shared = Arc::new(Shared {
+        start,
+        end,
+        templates,
+        picker,
+        next_lane: AtomicUsize::new(0),
+        active_lanes: AtomicUsize::new(spec.lanes),
+        sent: AtomicU64::new(0),
+        stats: Mutex::new(Stats::new()),
+        cpu_start: Mutex::new(None),
+        cpu_end: Mutex::new(None),
+        done: AtomicBool::new(false),
+        lanes,
+        spec,
+    });
+
+    // CPU is measured from the phase start, not from process start, so exec and connection set-up are excluded.
+    {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(s.start.into()).await;
+            *s.cpu_start.lock().expect("not poisoned") = Some(process_cpu_seconds());
+        });
+    }
+    let progress = tokio::spawn(progress_loop(shared.clone()));
+
+    let goose_requests = run_goose(shared.clone()).await?;
+    shared.done.store(true, Ordering::Release);
+    let _ = progress.await;
+
+    let stats = shared.stats.lock().expect("not poisoned");
+    let cpu_start = shared
+        .cpu_start
+        .lock()
+        .expect("not poisoned")
+        .unwrap_or(0.0);
+    let (cpu_end, end_at) = shared
+        .cpu_end
+        .lock()
+        .expect("not poisoned")
+        .unwrap_or((process_cpu_seconds(), Instant::now()));
+    let offset =
+        |t: Option<Instant>| t.map_or(0.0, |t| t.saturating_duration_since(start).as_secs_f64());
+    Ok(WorkerReport {
+        worker_index: shared.spec.worker_index,
+        ok: stats.ok,
+        failed: stats.failed,
+        late: stats.late,
+        timeouts: stats.timeouts,
+        bytes_received: stats.bytes,
+        status_codes: stats.status_codes.clone(),
+        errors: stats.errors.clone(),
+        latency_hdr_v2: hist::encode(&stats.latency)?,
+        service_hdr_v2: hist::encode(&stats.service)?,
+        send_lag_hdr_v2: hist::encode(&stats.send_lag)?,
+        first_send_s: offset(stats.first_send),
+        last_done_s: offset(stats.last_done),
+        cpu_seconds: (cpu_end - cpu_start).max(0.0),
+        wall_seconds: end_at.saturating_duration_since(start).as_secs_f64(),
+        goose_requests,
+    })
+}
+
+async fn run_goose(shared: Arc<Shared>) -> Result<u64, RunError> {
+    let spec = &shared.spec;
+    let mut config = GooseConfiguration::default();
+    config.host = Some(spec.target_url.clone());
+    config.users = Some(spec.lanes);
+    // Start every user well before the phase's anchored start; pacing comes from the lane schedules, not Goose.
+    config.increase_rate = Some(format!("{}", (spec.lanes * 20).max(200)));
+    config.iterations = Some(1);
+    config.quiet = 1;
+    config.no_print_metrics = true;
+    config.no_error_summary = true;
+    config.no_telnet = true;
+    config.no_websocket = true;
+    config.no_autostart = false;
+    config.no_granular_report = false;
+    if let Some(base) = &spec.goose_report_base {
+        config.report_file = vec![
+            format!("{}.html", base.display()),
+            format!("{}.md", base.display()),
+        ];
+    }
+
+    let s = shared.clone();
+    let function: TransactionFunction = Arc::new(move |user: &mut GooseUser| {
+        let s = s.clone();
+        Box::pin(async move { run_lane(s, user).await })
+    });
+    let scenario = Scenario::new(&shared.spec.phase.name)
+        .register_transaction(Transaction::new(function).set_name("lane"));
+    let metrics = GooseAttack::initialize_with_config(config)
+        .map_err(|e| RunError::Goose(e.to_string()))?
+        .set_client_builder_without_cookies(GooseClientBuilder::new().without_cookies())
+        .map_err(|e| RunError::Goose(e.to_string()))?
+        .register_scenario(scenario)
+        .execute()
+        .await
+        .map_err(|e| RunError::Goose(e.to_string()))?;
+    Ok(metrics
+        .requests
+        .values()
+        .map(|r| r.success_count + r.fail_count)
+        .sum::<usize>() as u64)
+}
+
+async fn progress_loop(shared: Arc<Shared>) {
+    let mut tick = shared.start + Duration::from_secs(1);
+    loop {
+        tokio::time::sleep_until(tick.into()).await;
+        let done = shared.done.load(Ordering::Acquire);
+        let p = {
+            let mut st = shared.stats.lock().expect("not poisoned");
+            let p = Progress {
+                worker_index: shared.spec.worker_index,
+                elapsed_s: tick.saturating_duration_since(shared.start).as_secs_f64(),
+                ok: st.interval_ok,
+                failed: st.interval_failed,
+                latency_hdr_v2: hist::encode(&st.interval_latency).unwrap_or_default(),
+            };
+            st.interval_ok = 0;
+            st.interval_failed = 0;
+            st.interval_latency.reset();
+            p
+        };
+        emit(PROGRESS_PREFIX, &p);
+        if done || tick > shared.end + Duration::from_secs(120) {
+            return;
+        }
+        tick += Duration::from_secs(1);
+    }
+}
+
+/// Runs one lane's whole schedule inside one Goose transaction.
+async fn run_lane(
+    shared: Arc<Shared>,
+    user: &mut GooseUser,
+) -> Result<(), Box<goose::goose::TransactionError>> {
+    let index = shared.next_lane.fetch_add(1, Ordering::Relaxed);
+    let Some(slot) = shared.lanes.get(index) else {
+        return Ok(());
+    };
+    let Some(mut lane) = slot.lock().expect("not poisoned").take() else {
+        return Ok(());
+    };
+    let spec = &shared.spec;
+    let timeout = Duration::from_millis(spec.limits.request_timeout_ms);
+    let late_threshold = Duration::from_micros(spec.limits.late_threshold_us);
+    let think = match spec.phase.load {
+        LoadModel::Closed { think_time_ms } if think_time_ms > 0.0 => {
+            Some(Duration::from_secs_f64(think_time_ms / 1000.0))
+        }
+        _ => None,
+    };
+    let open = lane.schedule.is_some();
+    let mut prev_done = shared.start;
+    if !open {
+        refbench_common::timer::sleep_until_precise(shared.start).await;
+    }
+    loop {
+        if shared.sent.fetch_add(1, Ordering::Relaxed) >= spec.max_requests {
+            break;
+        }
+        let intended = match lane.schedule.as_mut() {
+            Some(sched) => match sched.next_offset_s() {
+                Some(off) => shared.start + Duration::from_secs_f64(off),
+                None => break,
+            },
+            None => {
+                let now = Instant::now();
+                if now >= shared.end {
+                    break;
+                }
+                now
+            }
+        };
+        if Instant::now() < intended {
+            refbench_common::timer::sleep_until_precise(intended).await;
+        }
+        let which = shared.picker.pick(&mut lane.rng);
+        let template = &shared.templates[which];
+        let send_at = Instant::now();
+        let result = match template.build() {
+            Err(e) => Err(e),
+            Ok(req) => {
+                if lane.conn.as_ref().is_none_or(|c| !c.is_usable()) {
+                    lane.conn = client::connect(spec.target_addr, spec.phase.http, timeout)
+                        .await
+                        .ok();
+                }
+                match lane.conn.as_mut() {
+                    None => Err(ClientError::Connect),
+                    Some(conn) => match tokio::time::timeout(timeout, conn.send(req)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(ClientError::Timeout),
+                    },
+                }
+            }
+        };
+        let done = Instant::now();
+        let latency = done.saturating_duration_since(if open { intended } else { send_at });
+        let service = done.saturating_duration_since(send_at);
+        let (ok, status, err) = match &result {
+            Ok(x) => (x.status.as_u16() < 400, Some(x.status.as_u16()), None),
+            Err(e) => (false, None, Some(e.clone())),
+        };
+        if matches!(err, Some(ClientError::Timeout | ClientError::Io))
+            && spec.phase.http == HttpVersion::Http1
+        {
+            // An HTTP/1.1 connection with an abandoned request cannot be reused.
+            lane.conn = None;
+        }
+        {
+            let mut st = shared.stats.lock().expect("not poisoned");
+            let lat_us = latency.as_micros() as u64;
+            hist::record(&mut st.latency, lat_us);
+            hist::record(&mut st.interval_latency, lat_us);
+            hist::record(&mut st.service, service.as_micros() as u64);
+            if open {
+                let could_send = intended.max(prev_done);
+                hist::record(
+                    &mut st.send_lag,
+                    send_at.saturating_duration_since(could_send).as_micros() as u64,
+                );
+                if send_at.saturating_duration_since(intended) > late_threshold {
+                    st.late += 1;
+                }
+            }
+            st.first_send.get_or_insert(send_at);
+            st.last_done = Some(done);
+            match &result {
+                Ok(x) => {
+                    st.bytes += x.body_bytes;
+                    *st.status_codes.entry(x.status.as_u16()).or_insert(0) += 1;
+                }
+                Err(e) => {
+                    if *e == ClientError::Timeout {
+                        st.timeouts += 1;
+                    }
+                    *st.errors.entry(e.to_string()).or_insert(0) += 1;
+                }
+            }
+            if ok {
+                st.ok += 1;
+                st.interval_ok += 1;
+            } else {
+                st.failed += 1;
+                st.interval_failed += 1;
+                if let Some(code) = status {
+                    *st.errors.entry(format!("status_{code}")).or_insert(0) += 1;
+                }
+            }
+        }
+        let err_text = err.as_ref().map(ToString::to_string);
+        user.record_custom_request_duration(
+            &template.method_label,
+            &template.name,
+            latency,
+            ok,
+            status,
+            err_text.as_deref(),
+        )
+        .await?;
+        prev_done = done;
+        if let Some(t) = think {
+            refbench_common::timer::sleep_until_precise(Instant::now() + t).await;
+        }
+    }
+    if shared.active_lanes.fetch_sub(1, Ordering::AcqRel) == 1 {
+        *shared.cpu_end.lock().expect("not poisoned") =
+            Some((process_cpu_seconds(), Instant::now()));
+    }
+    Ok(())
+}
