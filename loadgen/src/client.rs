@@ -1,6 +1,7 @@
-//! Lean HTTP clients on hyper's connection-level API: no pool, no redirects, no cookie jar, no per-request URL
-//! parsing. Goose's own reqwest client costs about 3× the loader CPU per request here, and the loader's cost is part
-//! of every result, so the hot path is kept to building a request from a prepared template and draining the body.
+//! Lean HTTP clients: no pool, no redirects, no cookie jar, no per-request URL parsing. Goose's own reqwest client
+//! costs about 3× the loader CPU per request here, and the loader's cost is part of every result, so the hot path
+//! is kept to a request prepared once per template. HTTP/1.1 uses the in-place client in [`crate::h1`]; HTTP/2 uses
+//! hyper's connection-level client, whose streams many lanes share.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,10 +9,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use crate::h1::H1Conn;
 use crate::plan::{HttpUrl, HttpVersion, RequestPlan};
 
 /// Largest response body we read; longer bodies fail the request (bounded memory per lane).
@@ -48,6 +50,9 @@ pub struct Template {
     uri: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
     body: Bytes,
+    /// The whole HTTP/1.1 request, serialized once.
+    raw_h1: Bytes,
+    head_only: bool,
 }
 
 impl Template {
@@ -79,14 +84,35 @@ impl Template {
                 HeaderValue::from_str(v).map_err(|e| e.to_string())?,
             ));
         }
+        let mut raw = format!("{} {path} HTTP/1.1\r\nhost: {authority}\r\n", req.method);
+        for (k, v) in &req.headers {
+            raw.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !req.body.is_empty()
+            || !matches!(
+                method,
+                Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+            )
+        {
+            raw.push_str(&format!("content-length: {}\r\n", req.body.len()));
+        }
+        raw.push_str("\r\n");
+        raw.push_str(&req.body);
         Ok(Template {
             name: req.name.clone(),
             method_label: req.method.clone(),
+            head_only: method == Method::HEAD,
             method,
             uri,
             headers,
             body: Bytes::from(req.body.clone()),
+            raw_h1: Bytes::from(raw),
         })
+    }
+
+    /// The serialized HTTP/1.1 request.
+    pub fn raw_h1(&self) -> &[u8] {
+        &self.raw_h1
     }
 
     /// A fresh request from the template (cheap clones only).
@@ -109,7 +135,7 @@ impl Template {
 #[derive(Debug)]
 pub enum Conn {
     /// HTTP/1.1: one request at a time.
-    H1(http1::SendRequest<Full<Bytes>>),
+    H1(H1Conn),
     /// HTTP/2: clones share one connection's streams.
     H2(http2::SendRequest<Full<Bytes>>),
 }
@@ -125,20 +151,10 @@ pub async fn connect(
         .map_err(|_| ClientError::Connect)?
         .map_err(|_| ClientError::Connect)?;
     stream.set_nodelay(true).map_err(|_| ClientError::Connect)?;
-    let io = TokioIo::new(stream);
     match http {
-        HttpVersion::Http1 => {
-            let (send, conn) = http1::handshake(io)
-                .await
-                .map_err(|_| ClientError::Connect)?;
-            tokio::spawn(async move {
-                // The connection ends when the lane drops its sender or the server closes; either is reported
-                // through the next send, so the driver's own result is not needed.
-                let _ = conn.await;
-            });
-            Ok(Conn::H1(send))
-        }
+        HttpVersion::Http1 => Ok(Conn::H1(H1Conn::new(stream))),
         HttpVersion::Http2 => {
+            let io = TokioIo::new(stream);
             let (send, conn) = http2::Builder::new(TokioExecutor::new())
                 .handshake(io)
                 .await
@@ -169,18 +185,23 @@ impl Conn {
         }
     }
 
-    /// Sends one request and drains the response body.
-    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Exchange, ClientError> {
-        let resp = match self {
-            Conn::H1(s) => {
-                s.ready().await.map_err(|_| ClientError::Io)?;
-                s.send_request(req).await.map_err(|_| ClientError::Io)?
+    /// Sends one request made from `t` and drains the response body.
+    pub async fn send(&mut self, t: &Template) -> Result<Exchange, ClientError> {
+        let s = match self {
+            Conn::H1(c) => {
+                let r = c
+                    .send(&t.raw_h1, t.head_only, MAX_RESPONSE_BODY_BYTES)
+                    .await?;
+                return Ok(Exchange {
+                    status: StatusCode::from_u16(r.status).map_err(|_| ClientError::Io)?,
+                    body_bytes: r.body_bytes,
+                });
             }
-            Conn::H2(s) => {
-                s.ready().await.map_err(|_| ClientError::Io)?;
-                s.send_request(req).await.map_err(|_| ClientError::Io)?
-            }
+            Conn::H2(s) => s,
         };
+        let req = t.build()?;
+        s.ready().await.map_err(|_| ClientError::Io)?;
+        let resp = s.send_request(req).await.map_err(|_| ClientError::Io)?;
         let status = resp.status();
         let mut body = resp.into_body();
         let mut body_bytes = 0u64;
@@ -199,7 +220,7 @@ impl Conn {
     /// True when the connection can still take requests.
     pub fn is_usable(&self) -> bool {
         match self {
-            Conn::H1(s) => !s.is_closed(),
+            Conn::H1(c) => c.is_usable(),
             Conn::H2(s) => !s.is_closed(),
         }
     }

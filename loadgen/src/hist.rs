@@ -116,6 +116,35 @@ mod tests {
     }
 
     #[test]
+    fn merging_two_processes_equals_all_samples() {
+        // Two "loader processes" record disjoint halves; their encoded histograms, decoded and added, must equal
+        // one histogram of every sample, value by value.
+        let mut a = new_histogram();
+        let mut b = new_histogram();
+        let mut all = new_histogram();
+        let mut x = 12345u64;
+        for i in 0..200_000u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let v = (x >> 33) % 3_000_000 + 1;
+            record(if i % 3 == 0 { &mut a } else { &mut b }, v);
+            record(&mut all, v);
+        }
+        let mut merged = decode(&encode(&a).unwrap()).unwrap();
+        merge(&mut merged, &decode(&encode(&b).unwrap()).unwrap()).unwrap();
+        assert_eq!(merged.len(), all.len());
+        assert_eq!(merged.max(), all.max());
+        assert_eq!(merged.min(), all.min());
+        for v in all.iter_recorded() {
+            assert_eq!(merged.count_at(v.value_iterated_to()), v.count_at_value());
+        }
+        for q in [0.5, 0.9, 0.99, 0.999, 0.9999] {
+            assert_eq!(merged.value_at_quantile(q), all.value_at_quantile(q));
+        }
+    }
+
+    #[test]
     fn clamps_out_of_range() {
         let mut h = new_histogram();
         record(&mut h, 0);

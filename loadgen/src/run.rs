@@ -395,7 +395,8 @@ fn run_phase(
                         _ => "-".into(),
                     };
                     last_cpu = (now, cpu_now);
-                    if !ctx.quiet {
+                    // The loaders' last interval after the phase end only holds stragglers: not worth a line.
+                    if !ctx.quiet && (s as f64 <= phase.duration_s.ceil() || ok + failed > 0) {
                         let sm = Summary::of(&h);
                         eprintln!(
                             "[{label}] t={s:>3}s rate={:>8} rps p50={:>7}us p99={:>8}us errors={failed} server_cpu={cpu_pct}",

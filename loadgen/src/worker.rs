@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::client::{self, ClientError, Conn, Template};
 use crate::error::RunError;
 use crate::hist;
+use crate::pacer::Pacer;
 use crate::plan::{HttpUrl, HttpVersion, Limits, LoadModel, PhasePlan};
 use crate::schedule::{LaneSchedule, MixPicker, mix_seed};
 
@@ -172,6 +173,7 @@ struct Shared {
     start: Instant,
     end: Instant,
     templates: Vec<Template>,
+    pacer: Pacer,
     picker: MixPicker,
     lanes: Vec<Mutex<Option<Lane>>>,
     next_lane: AtomicUsize,
@@ -322,7 +324,9 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
 
     let start = instant_from_unix_ns(spec.start_unix_ns);
     let end = start + Duration::from_secs_f64(spec.phase.duration_s);
+    let pacer = Pacer::start().map_err(|e| RunError::io("create pacing timer", e))?;
     let shared = Arc::new(Shared {
+        pacer,
         start,
         end,
         templates,
@@ -480,7 +484,7 @@ async fn run_lane(
     let open = lane.schedule.is_some();
     let mut prev_done = shared.start;
     if !open {
-        refbench_common::timer::sleep_until_precise(shared.start).await;
+        shared.pacer.sleep_until(shared.start).await;
     }
     loop {
         if shared.sent.fetch_add(1, Ordering::Relaxed) >= spec.max_requests {
@@ -500,27 +504,22 @@ async fn run_lane(
             }
         };
         if Instant::now() < intended {
-            refbench_common::timer::sleep_until_precise(intended).await;
+            shared.pacer.sleep_until(intended).await;
         }
         let which = shared.picker.pick(&mut lane.rng);
         let template = &shared.templates[which];
         let send_at = Instant::now();
-        let result = match template.build() {
-            Err(e) => Err(e),
-            Ok(req) => {
-                if lane.conn.as_ref().is_none_or(|c| !c.is_usable()) {
-                    lane.conn = client::connect(spec.target_addr, spec.phase.http, timeout)
-                        .await
-                        .ok();
-                }
-                match lane.conn.as_mut() {
-                    None => Err(ClientError::Connect),
-                    Some(conn) => match tokio::time::timeout(timeout, conn.send(req)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(ClientError::Timeout),
-                    },
-                }
-            }
+        if lane.conn.as_ref().is_none_or(|c| !c.is_usable()) {
+            lane.conn = client::connect(spec.target_addr, spec.phase.http, timeout)
+                .await
+                .ok();
+        }
+        let result = match lane.conn.as_mut() {
+            None => Err(ClientError::Connect),
+            Some(conn) => match tokio::time::timeout(timeout, conn.send(template)).await {
+                Ok(r) => r,
+                Err(_) => Err(ClientError::Timeout),
+            },
         };
         let done = Instant::now();
         let latency = done.saturating_duration_since(if open { intended } else { send_at });
@@ -588,7 +587,7 @@ async fn run_lane(
         .await?;
         prev_done = done;
         if let Some(t) = think {
-            refbench_common::timer::sleep_until_precise(Instant::now() + t).await;
+            shared.pacer.sleep_until(Instant::now() + t).await;
         }
     }
     if shared.active_lanes.fetch_sub(1, Ordering::AcqRel) == 1 {

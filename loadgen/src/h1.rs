@@ -1,0 +1,375 @@
+//! A minimal HTTP/1.1 keep-alive client for the loader's hot path.
+//!
+//! Measured here, hyper's connection-level client spends most of its user-space time handing each request between
+//! the lane's task and the connection's driver task (an mpsc send, a oneshot reply, two wake-ups) and building a
+//! header map. A loader's CPU per request is part of every result, so HTTP/1.1 lanes write a request serialized
+//! once per template and parse the response in place with `httparse` (hyper's own parser): one `write` and usually
+//! one `read` per request, no task hand-off, no per-request allocation. hyper remains the HTTP/2 client.
+//!
+//! Limits: response head ≤ [`MAX_HEAD_BYTES`], ≤ [`MAX_HEADERS`] headers, body ≤ the caller's limit. Anything the
+//! parser cannot follow (pipelined junk, a malformed head) fails the request and closes the connection.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::client::ClientError;
+
+/// Largest response head we accept.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most response headers we parse.
+pub const MAX_HEADERS: usize = 64;
+/// Read buffer size; responses that fit are read with one `read`.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// An HTTP/1.1 connection owned by one lane.
+#[derive(Debug)]
+pub struct H1Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Valid bytes in `buf`.
+    len: usize,
+    closed: bool,
+}
+
+/// What a response turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H1Response {
+    /// Status code.
+    pub status: u16,
+    /// Body bytes read.
+    pub body_bytes: u64,
+}
+
+enum Framing {
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+impl H1Conn {
+    /// Wraps a connected stream.
+    pub fn new(stream: TcpStream) -> H1Conn {
+        H1Conn {
+            stream,
+            buf: vec![0; READ_CHUNK],
+            len: 0,
+            closed: false,
+        }
+    }
+
+    /// False once the server closed or an error left the stream in an unknown state.
+    pub fn is_usable(&self) -> bool {
+        !self.closed
+    }
+
+    async fn fill(&mut self) -> Result<(), ClientError> {
+        if self.len == self.buf.len() {
+            if self.buf.len() >= MAX_HEAD_BYTES.max(READ_CHUNK) * 4 {
+                self.closed = true;
+                return Err(ClientError::Io);
+            }
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        match self.stream.read(&mut self.buf[self.len..]).await {
+            Ok(0) | Err(_) => {
+                self.closed = true;
+                Err(ClientError::Io)
+            }
+            Ok(n) => {
+                self.len += n;
+                Ok(())
+            }
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.len);
+        self.buf.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
+
+    /// Sends `request` (a complete serialized request) and reads the whole response.
+    pub async fn send(
+        &mut self,
+        request: &[u8],
+        head_only: bool,
+        max_body: u64,
+    ) -> Result<H1Response, ClientError> {
+        if self.closed {
+            return Err(ClientError::Io);
+        }
+        // Any bytes left from a previous exchange mean the server sent more than it framed: unusable.
+        if self.len != 0 {
+            self.closed = true;
+            return Err(ClientError::Io);
+        }
+        if self.stream.write_all(request).await.is_err() {
+            self.closed = true;
+            return Err(ClientError::Io);
+        }
+        let result = self.read_response(head_only, max_body).await;
+        if result.is_err() {
+            self.closed = true;
+        }
+        result
+    }
+
+    async fn read_response(
+        &mut self,
+        head_only: bool,
+        max_body: u64,
+    ) -> Result<H1Response, ClientError> {
+        loop {
+            let (status, head_len, framing, close) = loop {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut headers);
+                match resp.parse(&self.buf[..self.len]) {
+                    Ok(httparse::Status::Complete(head_len)) => {
+                        let status = resp.code.unwrap_or(0);
+                        let mut framing = Framing::UntilClose;
+                        let mut close = resp.version == Some(0);
+                        for h in resp.headers.iter() {
+                            if h.name.eq_ignore_ascii_case("content-length") {
+                                let v = std::str::from_utf8(h.value)
+                                    .ok()
+                                    .and_then(|v| v.trim().parse::<u64>().ok());
+                                match v {
+                                    Some(n) => framing = Framing::Length(n),
+                                    None => return Err(ClientError::Io),
+                                }
+                            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                                if h.value.to_ascii_lowercase().ends_with(b"chunked") {
+                                    framing = Framing::Chunked;
+                                }
+                            } else if h.name.eq_ignore_ascii_case("connection") {
+                                let v = h.value.to_ascii_lowercase();
+                                if v.windows(5).any(|w| w == b"close") {
+                                    close = true;
+                                }
+                            }
+                        }
+                        // RFC 9112 §6.3: these responses never have a body.
+                        if head_only
+                            || status == 204
+                            || status == 304
+                            || (100..200).contains(&status)
+                        {
+                            framing = Framing::Length(0);
+                        }
+                        break (status, head_len, framing, close);
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if self.len >= MAX_HEAD_BYTES {
+                            return Err(ClientError::Io);
+                        }
+                        self.fill().await?;
+                    }
+                    Err(_) => return Err(ClientError::Io),
+                }
+            };
+            self.consume(head_len);
+            // Interim 1xx responses are followed by the real one.
+            if (100..200).contains(&status) && status != 101 {
+                continue;
+            }
+            let body_bytes = match framing {
+                Framing::Length(n) => {
+                    if n > max_body {
+                        return Err(ClientError::BodyTooLarge);
+                    }
+                    self.skip(n).await?;
+                    n
+                }
+                Framing::Chunked => self.skip_chunked(max_body).await?,
+                Framing::UntilClose => {
+                    let mut total = self.len as u64;
+                    self.len = 0;
+                    loop {
+                        match self.stream.read(&mut self.buf).await {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                total += n as u64;
+                                if total > max_body {
+                                    return Err(ClientError::BodyTooLarge);
+                                }
+                            }
+                            Err(_) => return Err(ClientError::Io),
+                        }
+                    }
+                    self.closed = true;
+                    total
+                }
+            };
+            if close {
+                self.closed = true;
+            }
+            return Ok(H1Response { status, body_bytes });
+        }
+    }
+
+    /// Discards exactly `n` body bytes.
+    async fn skip(&mut self, mut n: u64) -> Result<(), ClientError> {
+        loop {
+            let take = (self.len as u64).min(n) as usize;
+            self.consume(take);
+            n -= take as u64;
+            if n == 0 {
+                return Ok(());
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads one CRLF-terminated line from the buffer (filling as needed) and returns its length without CRLF.
+    async fn line(&mut self) -> Result<usize, ClientError> {
+        loop {
+            if let Some(i) = self.buf[..self.len].windows(2).position(|w| w == b"\r\n") {
+                return Ok(i);
+            }
+            if self.len > 4096 {
+                return Err(ClientError::Io);
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn skip_chunked(&mut self, max_body: u64) -> Result<u64, ClientError> {
+        let mut total = 0u64;
+        loop {
+            let n = self.line().await?;
+            let size_str = std::str::from_utf8(&self.buf[..n]).map_err(|_| ClientError::Io)?;
+            let size = u64::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| ClientError::Io)?;
+            self.consume(n + 2);
+            if size == 0 {
+                // Trailer section: lines until an empty one.
+                loop {
+                    let n = self.line().await?;
+                    self.consume(n + 2);
+                    if n == 0 {
+                        return Ok(total);
+                    }
+                }
+            }
+            total += size;
+            if total > max_body {
+                return Err(ClientError::BodyTooLarge);
+            }
+            self.skip(size).await?;
+            let n = self.line().await?;
+            if n != 0 {
+                return Err(ClientError::Io);
+            }
+            self.consume(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// Serves `responses` in order on one connection, then closes.
+    async fn server(responses: Vec<&'static [u8]>) -> std::net::SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            for r in responses {
+                // One request per response (requests here are small and arrive in one read).
+                let _ = s.read(&mut buf).await.unwrap();
+                for piece in r.chunks(7) {
+                    s.write_all(piece).await.unwrap();
+                    s.flush().await.unwrap();
+                }
+            }
+        });
+        addr
+    }
+
+    async fn conn(addr: std::net::SocketAddr) -> H1Conn {
+        H1Conn::new(TcpStream::connect(addr).await.unwrap())
+    }
+
+    const REQ: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    #[tokio::test]
+    async fn content_length_chunked_and_interim() {
+        let addr = server(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;x=y\r\ndefg\r\n0\r\nT: 1\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ])
+        .await;
+        let mut c = conn(addr).await;
+        assert_eq!(
+            c.send(REQ, false, 1 << 20).await.unwrap(),
+            H1Response {
+                status: 200,
+                body_bytes: 5
+            }
+        );
+        assert_eq!(
+            c.send(REQ, false, 1 << 20).await.unwrap(),
+            H1Response {
+                status: 201,
+                body_bytes: 7
+            }
+        );
+        assert_eq!(
+            c.send(REQ, false, 1 << 20).await.unwrap(),
+            H1Response {
+                status: 204,
+                body_bytes: 0
+            }
+        );
+        assert_eq!(c.send(REQ, false, 1 << 20).await.unwrap().status, 503);
+        assert!(
+            !c.is_usable(),
+            "connection: close must retire the connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn body_limit_and_garbage_fail() {
+        let addr = server(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"]).await;
+        let mut c = conn(addr).await;
+        assert_eq!(c.send(REQ, false, 10).await, Err(ClientError::BodyTooLarge));
+        assert!(!c.is_usable());
+        let addr = server(vec![b"SMTP ready\r\n\r\n"]).await;
+        let mut c = conn(addr).await;
+        assert_eq!(c.send(REQ, false, 10).await, Err(ClientError::Io));
+    }
+
+    #[tokio::test]
+    async fn close_delimited_body_and_eof() {
+        let addr = server(vec![b"HTTP/1.0 200 OK\r\n\r\nabcdef"]).await;
+        let mut c = conn(addr).await;
+        assert_eq!(
+            c.send(REQ, false, 100).await.unwrap(),
+            H1Response {
+                status: 200,
+                body_bytes: 6
+            }
+        );
+        assert!(!c.is_usable());
+        assert_eq!(c.send(REQ, false, 100).await, Err(ClientError::Io));
+    }
+
+    #[tokio::test]
+    async fn head_response_has_no_body() {
+        let addr = server(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"]).await;
+        let mut c = conn(addr).await;
+        assert_eq!(
+            c.send(REQ, true, 100).await.unwrap(),
+            H1Response {
+                status: 200,
+                body_bytes: 0
+            }
+        );
+        assert!(c.is_usable());
+    }
+}
