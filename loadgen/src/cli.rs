@@ -91,6 +91,11 @@ fn parse_targets(raw: &[String]) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
+/// Parsed `--target` overrides, or `None` after printing why they are refused.
+fn targets_or_report(raw: &[String]) -> Option<Vec<(String, String)>> {
+    parse_targets(raw).map_err(|e| eprintln!("error: {e}")).ok()
+}
+
 /// Runs the CLI and returns the process exit code.
 pub fn main(cli: Cli) -> i32 {
     match cli.command {
@@ -101,12 +106,8 @@ pub fn main(cli: Cli) -> i32 {
             allow_remote,
             quiet,
         } => {
-            let target_overrides = match parse_targets(&targets) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return 2;
-                }
+            let Some(target_overrides) = targets_or_report(&targets) else {
+                return 2;
             };
             let opts = RunOptions {
                 profile,
@@ -136,12 +137,8 @@ pub fn main(cli: Cli) -> i32 {
             targets,
             allow_remote,
         } => {
-            let target_overrides = match parse_targets(&targets) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return 2;
-                }
+            let Some(target_overrides) = targets_or_report(&targets) else {
+                return 2;
             };
             let opts = RunOptions {
                 profile,

@@ -169,6 +169,20 @@ pub struct RequestPlan {
     pub headers: BTreeMap<String, String>,
 }
 
+impl RequestPlan {
+    /// `GET /`, the default mix.
+    pub fn get_root() -> RequestPlan {
+        RequestPlan {
+            name: "GET /".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            weight: 1,
+            body: String::new(),
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
 /// A validated phase.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PhasePlan {
@@ -366,14 +380,7 @@ fn resolve_requests(
     reqs: Option<&Vec<RequestSection>>,
 ) -> Result<Vec<RequestPlan>, ProfileError> {
     let Some(reqs) = reqs else {
-        return Ok(vec![RequestPlan {
-            name: "GET /".into(),
-            method: "GET".into(),
-            path: "/".into(),
-            weight: 1,
-            body: String::new(),
-            headers: BTreeMap::new(),
-        }]);
+        return Ok(vec![RequestPlan::get_root()]);
     };
     if reqs.is_empty() {
         return Err(ProfileError::invalid(

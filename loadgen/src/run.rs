@@ -617,14 +617,7 @@ fn calibration_phase(c: &CalibrationPlan) -> PhasePlan {
         http: HttpVersion::Http1,
         seed: 1,
         max_requests: (c.rate_rps * c.duration_s * 1.1) as u64 + 1000,
-        requests: vec![RequestPlan {
-            name: "GET /".into(),
-            method: "GET".into(),
-            path: "/".into(),
-            weight: 1,
-            body: String::new(),
-            headers: BTreeMap::new(),
-        }],
+        requests: vec![RequestPlan::get_root()],
         slo: SloSection::default(),
     }
 }
