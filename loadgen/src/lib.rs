@@ -10,7 +10,6 @@ pub mod error;
 pub mod h1;
 pub mod hist;
 pub mod host;
-pub mod pacer;
 pub mod plan;
 pub mod procs;
 pub mod profile;
@@ -19,3 +18,6 @@ pub mod result;
 pub mod run;
 pub mod schedule;
 pub mod worker;
+
+/// The timerfd pacer lives in `refbench_common` so servers that inject delays share it.
+pub use refbench_common::pacer;

@@ -247,17 +247,29 @@ impl PhasePlan {
 }
 
 /// Environment facts validation depends on, passed in so tests can vary them.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Env {
-    /// Cores this process may use.
-    pub available_cpus: usize,
+    /// Core numbers this process may run on (its affinity mask), ascending.
+    pub allowed_cpus: Vec<usize>,
 }
 
 impl Env {
-    /// The real environment.
+    /// The real environment: the cores in this process's affinity mask (under `taskset -c 2,3` that is [2, 3]).
     pub fn detect() -> Env {
+        let allowed = refbench_common::cpu::current_affinity().unwrap_or_default();
+        if allowed.is_empty() {
+            Env::cores(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        } else {
+            Env {
+                allowed_cpus: allowed,
+            }
+        }
+    }
+
+    /// Cores 0..n, for tests.
+    pub fn cores(n: usize) -> Env {
         Env {
-            available_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            allowed_cpus: (0..n.max(1)).collect(),
         }
     }
 }
@@ -361,6 +373,17 @@ impl HttpUrl {
                 None => (authority.to_string(), 80),
             }
         };
+        if host.is_empty() || host == "[]" {
+            return Err(format!("`{url}` has no host"));
+        }
+        if !host.starts_with('[') && host.contains(':') {
+            return Err(format!(
+                "`{url}`: an IPv6 address must be in brackets, e.g. http://[::1]:8080"
+            ));
+        }
+        if port == 0 {
+            return Err(format!("`{url}`: port 0 is not a destination"));
+        }
         Ok(HttpUrl {
             host,
             port,
@@ -513,16 +536,16 @@ fn merge_slo(base: &SloSection, over: Option<&SloSection>) -> SloSection {
     }
 }
 
-fn check_cpus(field: &str, cpus: &[usize], env: Env) -> Result<(), ProfileError> {
+fn check_cpus(field: &str, cpus: &[usize], env: &Env) -> Result<(), ProfileError> {
     if cpus.is_empty() {
         return Err(ProfileError::invalid(field, "must name at least one core"));
     }
-    if let Some(c) = cpus.iter().find(|&&c| c >= env.available_cpus) {
+    if let Some(c) = cpus.iter().find(|c| !env.allowed_cpus.contains(c)) {
         return Err(ProfileError::invalid(
             field,
             format!(
-                "core {c} does not exist here ({} cores available)",
-                env.available_cpus
+                "core {c} is not available to this process (allowed: {:?})",
+                env.allowed_cpus
             ),
         ));
     }
@@ -836,16 +859,17 @@ pub fn resolve(profile: &Profile, env: Env) -> Result<Plan, ProfileError> {
     }
 
     let run = &profile.run;
-    let n = env.available_cpus.max(1);
+    let allowed = &env.allowed_cpus;
+    let n = allowed.len();
     let (default_server, default_loader): (Vec<usize>, Vec<usize>) = if n >= 2 {
-        ((0..n / 2).collect(), (n / 2..n).collect())
+        (allowed[..n / 2].to_vec(), allowed[n / 2..].to_vec())
     } else {
-        (vec![0], vec![0])
+        (allowed.clone(), allowed.clone())
     };
     let loader_cpus = run.loader_cpus.clone().unwrap_or(default_loader);
     let server_cpus = run.server_cpus.clone().unwrap_or(default_server);
-    check_cpus("run.loader_cpus", &loader_cpus, env)?;
-    check_cpus("run.server_cpus", &server_cpus, env)?;
+    check_cpus("run.loader_cpus", &loader_cpus, &env)?;
+    check_cpus("run.server_cpus", &server_cpus, &env)?;
     let loader_processes = run.loader_processes.unwrap_or(loader_cpus.len());
     if loader_processes == 0 || loader_processes > 64 {
         return Err(ProfileError::invalid(

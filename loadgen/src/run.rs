@@ -369,7 +369,8 @@ fn run_phase(
                 let Ok(p) = serde_json::from_str::<Progress>(&json) else {
                     continue;
                 };
-                let sec = p.elapsed_s.round() as u64;
+                // Full intervals end on whole seconds; a final partial one belongs to the second it falls in.
+                let sec = (p.elapsed_s - 1e-3).ceil().max(0.0) as u64;
                 let entry = pending
                     .entry(sec)
                     .or_insert_with(|| (0, 0, 0, hist::new_histogram()));
@@ -681,6 +682,11 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
             path: d.clone(),
             source,
         })?;
+    }
+    // The coordinator wakes at least 5 times a second (sampling, progress); keep it off the loader cores so those
+    // wake-ups never preempt a loader in the middle of its schedule. Children set their own affinity.
+    if let Err(e) = refbench_common::cpu::pin_to_cpus(&plan.placement.server_cpus) {
+        eprintln!("warning: cannot pin the coordinator to the server cores: {e}");
     }
     let exe = std::env::current_exe().map_err(|e| RunError::io("find own executable", e))?;
     let mut ctx = Ctx {

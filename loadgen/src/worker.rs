@@ -183,6 +183,8 @@ struct Shared {
     cpu_start: Mutex<Option<f64>>,
     cpu_end: Mutex<Option<(f64, Instant)>>,
     done: AtomicBool,
+    /// Wakes the progress loop as soon as the last lane finishes, so a phase does not idle to the next tick.
+    finished: tokio::sync::Notify,
 }
 
 /// CPU seconds (user + system) this process has used.
@@ -338,6 +340,7 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
         cpu_start: Mutex::new(None),
         cpu_end: Mutex::new(None),
         done: AtomicBool::new(false),
+        finished: tokio::sync::Notify::new(),
         lanes,
         spec,
     });
@@ -354,6 +357,7 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
 
     let goose_requests = run_goose(shared.clone()).await?;
     shared.done.store(true, Ordering::Release);
+    shared.finished.notify_one();
     let _ = progress.await;
 
     let stats = shared.stats.lock().expect("not poisoned");
@@ -436,8 +440,15 @@ async fn run_goose(shared: Arc<Shared>) -> Result<u64, RunError> {
 async fn progress_loop(shared: Arc<Shared>) {
     let mut tick = shared.start + Duration::from_secs(1);
     loop {
-        tokio::time::sleep_until(tick.into()).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(tick.into()) => {}
+            () = shared.finished.notified() => {}
+        }
         let done = shared.done.load(Ordering::Acquire);
+        if done {
+            // A final, partial interval: stamp it with the moment the phase's load ended.
+            tick = Instant::now().max(shared.start).min(tick);
+        }
         let p = {
             let mut st = shared.stats.lock().expect("not poisoned");
             let p = Progress {

@@ -14,7 +14,8 @@
 //! - [`http`]: the HTTP/1.1 + HTTP/2 (h2c) accept loop with limits and graceful drain.
 //! - [`tls`]: self-signed certificates for TLS-speaking servers.
 //! - [`cpu`]: CPU affinity and timer slack.
-//! - [`timer`]: sub-millisecond sleeps.
+//! - [`timer`]: sub-millisecond sleeps from any runtime (a shared timer thread).
+//! - [`pacer`]: sub-millisecond sleeps driven by a timerfd on the caller's own runtime (no thread hop).
 
 pub mod admin;
 pub mod announce;
@@ -22,6 +23,7 @@ pub mod bind;
 pub mod cpu;
 pub mod error;
 pub mod http;
+pub mod pacer;
 pub mod shutdown;
 pub mod timer;
 pub mod tls;

@@ -16,6 +16,7 @@ use http_body_util::Full;
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use refbench_common::http::{BodyError, read_body_limited};
+use refbench_common::pacer::Pacer;
 use refbench_common::timer::sleep_until_precise;
 
 use crate::{DelayModel, StallModel};
@@ -69,6 +70,7 @@ pub fn app(config: FloorConfig) -> FloorApp {
             stalled: metrics::counter!("floor_stalled_requests_total"),
         }),
         max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
+        pacer: None,
     }
 }
 
@@ -79,6 +81,9 @@ pub fn app(config: FloorConfig) -> FloorApp {
 pub struct FloorApp {
     inner: Arc<Inner>,
     max_request_body_bytes: usize,
+    /// Timerfd sleeps on the serving runtime; without one (tests driving `handle` directly) the shared timer
+    /// thread is used, which costs an extra thread hop per delayed response.
+    pacer: Option<Pacer>,
 }
 
 #[derive(Debug)]
@@ -102,6 +107,17 @@ impl FloorApp {
     pub fn with_max_request_body_bytes(mut self, max: usize) -> Self {
         self.max_request_body_bytes = max;
         self
+    }
+
+    /// Sleeps through `pacer` (a timerfd on the serving runtime) instead of the shared timer thread.
+    pub fn with_pacer(mut self, pacer: Pacer) -> Self {
+        self.pacer = Some(pacer);
+        self
+    }
+
+    /// Whether delayed responses wait on a runtime-local timerfd.
+    pub fn has_pacer(&self) -> bool {
+        self.pacer.is_some()
     }
 
     /// When the stall periods started (the `app()` call).
@@ -144,7 +160,10 @@ impl FloorApp {
             }
         }
         if let Some(release) = self.release_time(arrival) {
-            sleep_until_precise(release).await;
+            match &self.pacer {
+                Some(p) => p.sleep_until(release).await,
+                None => sleep_until_precise(release).await,
+            }
         }
         self.ok_response()
     }

@@ -22,6 +22,10 @@ pub enum FloorError {
     #[error("cannot build the tokio runtime: {0}")]
     Runtime(#[source] std::io::Error),
 
+    /// The timerfd behind delayed responses could not be created.
+    #[error("cannot create the delay timer: {0}")]
+    Timer(#[source] std::io::Error),
+
     /// A listener's bound address could not be read back.
     #[error("cannot read the bound address of the {listener} listener: {source}")]
     LocalAddr {

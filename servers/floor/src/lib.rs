@@ -314,7 +314,12 @@ pub async fn start(
         listener: "admin",
         source,
     })?;
-    let floor = app(config).with_max_request_body_bytes(plan.limits.max_body_bytes);
+    let mut floor = app(config).with_max_request_body_bytes(plan.limits.max_body_bytes);
+    if !floor.is_lean() {
+        // Delays and stalls wait on a timerfd driven by this runtime: precise, and no hop through a timer thread.
+        let pacer = refbench_common::pacer::Pacer::start().map_err(FloorError::Timer)?;
+        floor = floor.with_pacer(pacer);
+    }
     let http = tokio::spawn(serve_http(
         http,
         floor,

@@ -1,9 +1,9 @@
-//! Precise pacing for one loader process: a timerfd armed to the earliest pending deadline, driven by a task on the
+//! Precise sleeps for one process's runtime (a loader's pacing, a server's injected delays): a timerfd armed to the earliest pending deadline, driven by a task on the
 //! loader's own runtime thread.
 //!
 //! tokio's timer wheel has 1 ms resolution, so sends paced with it would be up to a millisecond late, and in the
-//! open model that lateness is (rightly) counted in latency. A separate timer thread is precise but costs two
-//! context switches per request (timer thread wakes, then wakes the runtime). Here the kernel's hrtimer fires the
+//! open model that lateness is (rightly) counted in latency. A separate timer thread ([`crate::timer`]) is precise
+//! but costs two context switches per wake-up (the timer thread wakes, then wakes the runtime). Here the kernel's hrtimer fires the
 //! timerfd, the runtime's epoll sees it readable, and the driver wakes every due sleeper on the same thread: one
 //! `read` and at most one `timerfd_settime` per expiry, shared by all sleepers due at that moment.
 
@@ -61,6 +61,14 @@ struct Inner {
 #[derive(Clone)]
 pub struct Pacer {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pacer")
+            .field("pending", &self.pending())
+            .finish()
+    }
 }
 
 fn arm(fd: &OwnedFd, deadline: Instant) {

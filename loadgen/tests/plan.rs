@@ -1,0 +1,483 @@
+//! `plan::resolve`: defaults, expansion, merging and refusals, plus the URL helpers the loopback rule relies on.
+
+use refbench_loadgen::error::ProfileError;
+use refbench_loadgen::plan::{
+    self, Arrival, CalibrationPlan, DEFAULT_MAX_REQUESTS, Env, HttpUrl, HttpVersion, LoadModel,
+    Plan, TargetKind,
+};
+use refbench_loadgen::profile::{Profile, SloSection};
+
+fn two_cpus() -> Env {
+    Env::cores(2)
+}
+
+/// The smallest valid profile with `head` (tables such as `[run]`) after the top-level keys and `extra` appended
+/// (inside the `[[phases]]` table unless it opens a table).
+fn profile(head: &str, extra: &str) -> String {
+    format!(
+        r#"name = "t"
+{head}
+[targets.floor]
+builtin = "floor"
+[[phases]]
+name = "p"
+target = "floor"
+model = "open"
+rate_rps = 100
+duration_s = 10
+{extra}"#
+    )
+}
+
+fn minimal(extra: &str) -> String {
+    profile("", extra)
+}
+
+fn resolve_with(text: &str, env: Env) -> Result<Plan, ProfileError> {
+    let profile = Profile::parse(text, "test").expect("profile parses");
+    plan::resolve(&profile, env)
+}
+
+fn resolve(text: &str) -> Plan {
+    resolve_with(text, two_cpus()).unwrap_or_else(|e| panic!("refused: {e}\n{text}"))
+}
+
+/// The field a refusal names.
+fn refused_field(text: &str, env: Env) -> String {
+    match resolve_with(text, env) {
+        Ok(_) => panic!("accepted, expected a refusal:\n{text}"),
+        Err(ProfileError::Invalid { field, .. }) => field,
+        Err(e) => panic!("refused for another reason: {e}"),
+    }
+}
+
+#[test]
+fn defaults_are_filled_in() {
+    let plan = resolve(&minimal(""));
+    assert_eq!(plan.name, "t");
+    assert_eq!(plan.description, "");
+    assert_eq!(plan.phases.len(), 1);
+    let p = &plan.phases[0];
+    assert_eq!(p.connections, 8);
+    assert_eq!(p.users, 8);
+    assert_eq!(p.http, HttpVersion::Http1);
+    assert!(!p.warmup);
+    assert_eq!(
+        p.load,
+        LoadModel::Open {
+            rate_rps: 100.0,
+            end_rate_rps: 100.0,
+            arrival: Arrival::Fixed
+        }
+    );
+    assert_eq!(p.seed, 0x5eed_0000);
+    assert_eq!(p.requests.len(), 1);
+    assert_eq!(
+        (
+            p.requests[0].method.as_str(),
+            p.requests[0].path.as_str(),
+            p.requests[0].weight
+        ),
+        ("GET", "/", 1)
+    );
+    assert_eq!(p.slo, SloSection::default());
+    // 1000 expected requests, cap 10 % above plus 1000.
+    assert_eq!(p.expected_requests(), Some(1000.0));
+    assert_eq!(p.max_requests, 2100);
+
+    assert_eq!(plan.placement.loader_cpus, vec![1]);
+    assert_eq!(plan.placement.server_cpus, vec![0]);
+    assert_eq!(plan.placement.loader_processes, 1);
+
+    assert_eq!(
+        plan.calibration,
+        Some(CalibrationPlan {
+            rate_rps: 4000.0,
+            duration_s: 2.0,
+            connections: 4
+        })
+    );
+    let l = &plan.limits;
+    assert_eq!(l.max_requests, DEFAULT_MAX_REQUESTS);
+    assert_eq!(l.request_timeout_ms, 5000);
+    assert_eq!(l.late_threshold_us, 1000);
+    assert_eq!(l.max_send_lag_us_p99, 2000);
+    assert_eq!(l.max_loader_cpu_ratio, 0.9);
+    // Phases + calibration + 30 s + 5 s per phase.
+    assert_eq!(l.max_duration_s, 10.0 + 2.0 + 30.0 + 5.0);
+
+    assert_eq!(plan.targets.len(), 1);
+    assert_eq!(
+        plan.targets[0].kind,
+        TargetKind::Builtin {
+            system: "floor".into(),
+            args: vec![]
+        }
+    );
+}
+
+#[test]
+fn cpu_split_follows_the_core_count() {
+    let one = resolve_with(&minimal(""), Env::cores(1)).expect("1 cpu");
+    assert_eq!(one.placement.loader_cpus, vec![0]);
+    assert_eq!(one.placement.server_cpus, vec![0]);
+    assert_eq!(one.placement.loader_processes, 1);
+
+    let four = resolve_with(&minimal(""), Env::cores(4)).expect("4 cpus");
+    assert_eq!(four.placement.server_cpus, vec![0, 1]);
+    assert_eq!(four.placement.loader_cpus, vec![2, 3]);
+    assert_eq!(four.placement.loader_processes, 2);
+
+    // Explicit placement wins, and loader_processes defaults to the loader core count.
+    let text = profile("[run]\nloader_cpus = [0, 1]\nserver_cpus = [1]", "");
+    let plan = resolve(&text);
+    assert_eq!(plan.placement.loader_cpus, vec![0, 1]);
+    assert_eq!(plan.placement.server_cpus, vec![1]);
+    assert_eq!(plan.placement.loader_processes, 2);
+}
+
+#[test]
+fn closed_and_http2_defaults() {
+    let text = r#"name = "t"
+[calibration]
+enabled = false
+[targets.floor]
+builtin = "floor"
+[[phases]]
+name = "c"
+target = "floor"
+model = "closed"
+duration_s = 1
+connections = 2
+users = 16
+http = "2"
+"#;
+    let plan = resolve(text);
+    assert_eq!(plan.calibration, None);
+    let p = &plan.phases[0];
+    assert_eq!(p.load, LoadModel::Closed { think_time_ms: 0.0 });
+    assert_eq!(p.http, HttpVersion::Http2);
+    assert_eq!((p.connections, p.users), (2, 16));
+    assert_eq!(p.expected_requests(), None);
+    assert_eq!(p.offered_rate_rps(), None);
+    assert_eq!(p.model_name(), "closed");
+    assert_eq!(p.max_requests, DEFAULT_MAX_REQUESTS);
+}
+
+#[test]
+fn steps_expand_to_one_phase_per_step() {
+    let text = minimal("").replace(
+        "rate_rps = 100",
+        "steps_rps = [100, 250.5, 1000]\narrival = \"poisson\"",
+    );
+    let plan = resolve(&text);
+    let names: Vec<&str> = plan.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["p@100rps", "p@250.5rps", "p@1000rps"]);
+    for (p, rate) in plan.phases.iter().zip([100.0, 250.5, 1000.0]) {
+        assert_eq!(
+            p.load,
+            LoadModel::Open {
+                rate_rps: rate,
+                end_rate_rps: rate,
+                arrival: Arrival::Poisson
+            }
+        );
+        assert_eq!(p.duration_s, 10.0);
+        assert_eq!(p.expected_requests(), Some(rate * 10.0));
+    }
+    // Each step counts towards the run's duration.
+    assert_eq!(plan.limits.max_duration_s, 30.0 + 2.0 + 30.0 + 5.0 * 3.0);
+
+    // Steps and rate_rps, steps and a ramp, or no steps are refused.
+    let both = minimal("steps_rps = [1, 2]");
+    assert_eq!(refused_field(&both, two_cpus()), "phases[0].steps_rps");
+    let ramp = minimal("").replace("rate_rps = 100", "steps_rps = [1, 2]\nramp_to_rps = 5");
+    assert_eq!(refused_field(&ramp, two_cpus()), "phases[0].ramp_to_rps");
+    let empty = minimal("").replace("rate_rps = 100", "steps_rps = []");
+    assert_eq!(refused_field(&empty, two_cpus()), "phases[0].steps_rps");
+    let neg = minimal("").replace("rate_rps = 100", "steps_rps = [10, -1]");
+    assert_eq!(refused_field(&neg, two_cpus()), "phases[0].steps_rps[1]");
+    // Two equal steps would make two phases of the same name.
+    let dup = minimal("").replace("rate_rps = 100", "steps_rps = [10, 10]");
+    assert_eq!(refused_field(&dup, two_cpus()), "phases[0].name");
+}
+
+#[test]
+fn ramp_expects_the_mean_rate() {
+    let plan = resolve(&minimal("ramp_to_rps = 300"));
+    let p = &plan.phases[0];
+    assert_eq!(
+        p.load,
+        LoadModel::Open {
+            rate_rps: 100.0,
+            end_rate_rps: 300.0,
+            arrival: Arrival::Fixed
+        }
+    );
+    assert_eq!(p.expected_requests(), Some(2000.0));
+    assert_eq!(p.offered_rate_rps(), Some(200.0));
+    assert_eq!(p.max_requests, 2000 * 11 / 10 + 1000);
+    // A ramp down is fine too; a ramp to zero is not.
+    let down = resolve(&minimal("ramp_to_rps = 50"));
+    assert_eq!(down.phases[0].expected_requests(), Some(750.0));
+    assert_eq!(
+        refused_field(&minimal("ramp_to_rps = 0"), two_cpus()),
+        "phases[0].ramp_to_rps"
+    );
+}
+
+#[test]
+fn slo_override_wins_and_the_rest_is_inherited() {
+    let text = r#"name = "t"
+[targets.floor]
+builtin = "floor"
+[slo]
+latency_us_p99 = 1000
+error_ratio = 0.01
+[[phases]]
+name = "override"
+target = "floor"
+model = "open"
+rate_rps = 10
+duration_s = 1
+[phases.slo]
+latency_us_p99 = 500
+latency_us_p50 = 100
+[[phases]]
+name = "inherit"
+target = "floor"
+model = "closed"
+duration_s = 1
+"#;
+    let plan = resolve(text);
+    assert_eq!(
+        plan.phases[0].slo,
+        SloSection {
+            latency_us_p50: Some(100.0),
+            latency_us_p99: Some(500.0),
+            error_ratio: Some(0.01),
+            ..SloSection::default()
+        }
+    );
+    assert_eq!(
+        plan.phases[1].slo,
+        SloSection {
+            latency_us_p99: Some(1000.0),
+            error_ratio: Some(0.01),
+            ..SloSection::default()
+        }
+    );
+    // Out-of-range SLO values are refused where they are written.
+    let bad = text.replace("error_ratio = 0.01", "error_ratio = 1.5");
+    assert_eq!(refused_field(&bad, two_cpus()), "slo.error_ratio");
+    let bad = text.replace("latency_us_p50 = 100", "latency_us_p50 = -1");
+    assert_eq!(
+        refused_field(&bad, two_cpus()),
+        "phases[0].slo.latency_us_p50"
+    );
+}
+
+#[test]
+fn run_request_cap_is_enforced() {
+    // 100 rps × 10 s = 1000 requests: a cap of exactly 1000 is enough, 999 is not.
+    let ok = profile("[run]\nmax_requests = 1000", "");
+    assert_eq!(resolve(&ok).limits.max_requests, 1000);
+    let too_low = profile("[run]\nmax_requests = 999", "");
+    assert_eq!(refused_field(&too_low, two_cpus()), "run.max_requests");
+    let zero = profile("[run]\nmax_requests = 0", "");
+    assert_eq!(refused_field(&zero, two_cpus()), "run.max_requests");
+    // Warm-ups count: they send requests too.
+    let warm = profile(
+        "[run]\nmax_requests = 1500",
+        "[[phases]]\nname = \"w\"\ntarget = \"floor\"\nwarmup = true\nmodel = \"open\"\nrate_rps = 100\nduration_s = 10\n",
+    );
+    assert_eq!(refused_field(&warm, two_cpus()), "run.max_requests");
+}
+
+#[test]
+fn run_duration_must_cover_phases_and_calibration() {
+    // 10 s of phases + 2 s of default calibration.
+    let short = profile("[run]\nmax_duration_s = 11", "");
+    assert_eq!(refused_field(&short, two_cpus()), "run.max_duration_s");
+    let enough = profile("[run]\nmax_duration_s = 12", "");
+    assert_eq!(resolve(&enough).limits.max_duration_s, 12.0);
+    let no_cal = profile(
+        "[run]\nmax_duration_s = 10\n[calibration]\nenabled = false",
+        "",
+    );
+    assert_eq!(resolve(&no_cal).limits.max_duration_s, 10.0);
+    let negative = profile("[run]\nmax_duration_s = -1", "");
+    assert_eq!(refused_field(&negative, two_cpus()), "run.max_duration_s");
+}
+
+#[test]
+fn cpu_indices_must_exist() {
+    for (section, field) in [
+        ("loader_cpus = [2]", "run.loader_cpus"),
+        ("server_cpus = [0, 7]", "run.server_cpus"),
+        ("loader_cpus = []", "run.loader_cpus"),
+    ] {
+        let text = profile(&format!("[run]\n{section}"), "");
+        assert_eq!(refused_field(&text, two_cpus()), field, "{section}");
+    }
+    let text = profile("[run]\nloader_cpus = [1]", "");
+    assert_eq!(refused_field(&text, Env::cores(1)), "run.loader_cpus");
+    let text = profile("[run]\nloader_processes = 0", "");
+    assert_eq!(refused_field(&text, two_cpus()), "run.loader_processes");
+}
+
+#[test]
+fn a_profile_of_only_warmups_is_refused() {
+    let text = minimal("warmup = true");
+    assert_eq!(refused_field(&text, two_cpus()), "phases");
+}
+
+#[test]
+fn other_refusals_name_their_field() {
+    for (what, text, field) in [
+        (
+            "zero duration",
+            minimal("").replace("duration_s = 10", "duration_s = 0"),
+            "phases[0].duration_s",
+        ),
+        (
+            "think time on open",
+            minimal("think_time_ms = 5"),
+            "phases[0].think_time_ms",
+        ),
+        (
+            "rate on closed",
+            minimal("").replace("model = \"open\"", "model = \"closed\""),
+            "phases[0].rate_rps",
+        ),
+        (
+            "h2 with fewer users than connections",
+            minimal("http = \"2\"\nconnections = 4\nusers = 2"),
+            "phases[0].users",
+        ),
+        (
+            "bad phase name",
+            minimal("").replace("name = \"p\"", "name = \"a b\""),
+            "phases[0].name",
+        ),
+        (
+            "bad request path",
+            minimal("[[phases.requests]]\npath = \"nope\""),
+            "phases[0].requests[0].path",
+        ),
+        (
+            "builtin and url",
+            minimal("").replace(
+                "builtin = \"floor\"",
+                "builtin = \"floor\"\nurl = \"http://127.0.0.1:1\"",
+            ),
+            "targets.floor",
+        ),
+        (
+            "https target",
+            minimal("").replace("builtin = \"floor\"", "url = \"https://127.0.0.1:1\""),
+            "targets.floor.url",
+        ),
+        (
+            "calibration values while disabled",
+            profile("[calibration]\nenabled = false\nrate_rps = 10", ""),
+            "calibration.rate_rps",
+        ),
+        (
+            "loader cpu ratio",
+            profile("[run]\nmax_loader_cpu_ratio = 1.5", ""),
+            "run.max_loader_cpu_ratio",
+        ),
+    ] {
+        assert_eq!(refused_field(&text, two_cpus()), field, "{what}");
+    }
+}
+
+#[test]
+fn unknown_keys_fail_to_parse() {
+    for text in [
+        format!("bogus = 1\n{}", minimal("")),
+        minimal("bogus = 1"),
+        profile("[run]\nbogus = 1", ""),
+        format!("{}\n[slo]\nlatency_p99 = 1\n", minimal("")),
+    ] {
+        match Profile::parse(&text, "test") {
+            Err(ProfileError::Toml { message, .. }) => {
+                assert!(message.contains("unknown field"), "{message}");
+            }
+            other => panic!("expected a TOML error, got {other:?}"),
+        }
+    }
+}
+
+fn url(host: &str, port: u16, prefix: &str) -> HttpUrl {
+    HttpUrl {
+        host: host.into(),
+        port,
+        prefix: prefix.into(),
+    }
+}
+
+#[test]
+fn http_urls_parse() {
+    assert_eq!(
+        HttpUrl::parse("http://127.0.0.1:8080"),
+        Ok(url("127.0.0.1", 8080, ""))
+    );
+    assert_eq!(
+        HttpUrl::parse("http://[::1]:8080"),
+        Ok(url("[::1]", 8080, ""))
+    );
+    assert_eq!(HttpUrl::parse("http://[::1]"), Ok(url("[::1]", 80, "")));
+    assert_eq!(
+        HttpUrl::parse("http://example.invalid"),
+        Ok(url("example.invalid", 80, ""))
+    );
+    assert_eq!(
+        HttpUrl::parse("http://localhost:9000/api/v1/"),
+        Ok(url("localhost", 9000, "/api/v1"))
+    );
+    assert_eq!(
+        HttpUrl::parse("http://localhost/"),
+        Ok(url("localhost", 80, ""))
+    );
+    let https = HttpUrl::parse("https://127.0.0.1:443").unwrap_err();
+    assert!(https.contains("https"), "{https}");
+    for bad in [
+        "127.0.0.1:80",
+        "ftp://127.0.0.1",
+        "http://",
+        "http:///path",
+        "http://user@127.0.0.1",
+        "http://127.0.0.1:notaport",
+        "http://127.0.0.1:65536",
+        "http://[::1",
+        "http://[::1]x",
+    ] {
+        assert!(HttpUrl::parse(bad).is_err(), "accepted {bad}");
+    }
+}
+
+#[test]
+fn loopback_hosts() {
+    for host in [
+        "127.0.0.1",
+        "127.0.0.2",
+        "::1",
+        "[::1]",
+        "localhost",
+        "LOCALHOST",
+    ] {
+        assert!(plan::is_loopback_host(host, 80), "{host} is loopback");
+    }
+    for host in [
+        "10.0.0.1",
+        "192.168.1.1",
+        "0.0.0.0",
+        "::",
+        "[2001:db8::1]",
+        "::ffff:10.0.0.1",
+    ] {
+        assert!(!plan::is_loopback_host(host, 80), "{host} is not loopback");
+    }
+}
