@@ -567,12 +567,7 @@ fn resolve_phase(
             format!(
                 "unknown target `{}` (defined: {})",
                 p.target,
-                profile
-                    .targets
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                profile.target_names()
             ),
         ));
     }

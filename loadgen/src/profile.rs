@@ -174,6 +174,11 @@ impl Profile {
         })
     }
 
+    /// The defined target names, comma-separated, for error messages.
+    pub fn target_names(&self) -> String {
+        self.targets.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+
     /// Reads and parses a profile file.
     pub fn load(path: &Path) -> Result<Profile, ProfileError> {
         let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {

@@ -81,12 +81,7 @@ pub fn load_plan(opts: &RunOptions) -> Result<Plan, ProfileError> {
                 format!("--target {name}"),
                 format!(
                     "no target `{name}` in the profile (defined: {})",
-                    profile
-                        .targets
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    profile.target_names()
                 ),
             ));
         }
