@@ -197,21 +197,26 @@ fn bad_values_are_refused_with_the_field_path() {
     }
 }
 
+/// `loadgen run PROFILE --out OUT -q --target TARGET`.
+fn run_with_target(profile: &Path, out_dir: &Path, target: &str) -> Output {
+    loadgen(&[
+        "run",
+        path_str(profile),
+        "--out",
+        path_str(out_dir),
+        "-q",
+        "--target",
+        target,
+    ])
+}
+
 #[test]
 fn remote_targets_are_refused_before_any_traffic() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = write(dir.path(), "base.toml", BASE);
     // 10.1.2.3 is never contacted: the refusal happens while the plan is checked, before any process starts.
     let out_dir = dir.path().join("out");
-    let out = loadgen(&[
-        "run",
-        path_str(&p),
-        "--out",
-        path_str(&out_dir),
-        "-q",
-        "--target",
-        "floor=http://10.1.2.3:80",
-    ]);
+    let out = run_with_target(&p, &out_dir, "floor=http://10.1.2.3:80");
     assert_refused(
         "remote --target",
         &out,
@@ -272,15 +277,7 @@ fn unknown_override_target_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = write(dir.path(), "base.toml", BASE);
     let out_dir = dir.path().join("out");
-    let out = loadgen(&[
-        "run",
-        path_str(&p),
-        "--out",
-        path_str(&out_dir),
-        "-q",
-        "--target",
-        "nosuch=http://127.0.0.1:1",
-    ]);
+    let out = run_with_target(&p, &out_dir, "nosuch=http://127.0.0.1:1");
     assert_refused("--target nosuch", &out, &["nosuch", "floor"]);
     assert!(!out_dir.exists());
 

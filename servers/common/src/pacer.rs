@@ -221,12 +221,17 @@ impl Future for Sleep {
 mod tests {
     use super::*;
 
-    #[test]
-    fn never_early_and_ordered() {
-        let rt = tokio::runtime::Builder::new_current_thread()
+    /// The runtime flavour loaders and the floor use.
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn never_early_and_ordered() {
+        let rt = current_thread();
         rt.block_on(async {
             let p = Pacer::start().unwrap();
             let start = Instant::now();
@@ -258,10 +263,7 @@ mod tests {
 
     #[test]
     fn past_deadline_is_immediate() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = current_thread();
         rt.block_on(async {
             let p = Pacer::start().unwrap();
             p.sleep_until(Instant::now() - Duration::from_millis(1))
