@@ -1,0 +1,14 @@
+//! The ledger-writer reference server: a durable double-entry ledger.
+//!
+//! Layers, bottom up:
+//! - [`types`] and [`codec`]: accounts, transfers and result codes, and their 128-byte wire/disk form (see `API.md`).
+//! - [`state`]: the deterministic state machine. It applies batches (validation, two-phase transfers, linked chains,
+//!   idempotency, expiry) and replays the log to rebuild itself.
+//! - [`log`] and [`checkpoint`]: the append-only, CRC32C-checksummed, BLAKE3 hash-chained log in segments, its
+//!   recovery (torn tails truncated, damage reported with its position) and snapshots that bound restart time.
+
+pub mod checkpoint;
+pub mod codec;
+pub mod log;
+pub mod state;
+pub mod types;

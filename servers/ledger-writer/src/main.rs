@@ -1,0 +1,2 @@
+//! `ledger-writer`: see the library docs.
+fn main() {}
