@@ -1,0 +1,481 @@
+//! Options, recovery and the serving loop: what the binary and `loadgen serve ledger` run.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use refbench_common::admin::{metrics_handle, serve_admin};
+use refbench_common::announce::{Ready, announce};
+use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
+use refbench_common::cpu::{available_cpus, pin_to_cpus};
+use refbench_common::http::{Limits as HttpLimits, serve_http};
+use refbench_common::shutdown::{self, Shutdown};
+
+use crate::api::{LedgerApp, MAX_REQUEST_BODY_BYTES};
+use crate::checkpoint;
+use crate::error::LedgerError;
+use crate::log::{Log, LogConfig, OnDamage, RecoveryReport, Resume};
+use crate::metrics::LedgerMetrics;
+use crate::state::{Limits, State};
+use crate::types::RecordKind;
+use crate::writer::{self, WriterConfig, WriterHandle};
+
+/// The `system` name in the readiness line.
+pub const SYSTEM: &str = "ledger";
+
+/// What to do with damage found in the middle of the log at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DamagePolicy {
+    /// Keep everything before the damage, move the rest to `quarantine/`, report it, and serve.
+    Truncate,
+    /// Refuse to start, naming the position; an operator decides.
+    Refuse,
+}
+
+/// Command-line options of the ledger server; flatten into a clap `Parser`.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct ServeArgs {
+    /// Address of the API listener (HTTP/1.1 and h2c).
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_BIND)]
+    pub bind: SocketAddr,
+
+    /// Address of the admin listener (/metrics, /healthz).
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_BIND)]
+    pub admin_bind: SocketAddr,
+
+    /// Data directory (log segments, checkpoints). Default: a fresh temporary directory, removed on a clean
+    /// shutdown; a given directory is never removed.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// A log segment is closed and a new one started past this size.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub segment_bytes: u64,
+
+    /// A checkpoint is written after this many log bytes; bounds the replay on restart.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    pub checkpoint_every_bytes: u64,
+
+    /// Requests waiting for the writer; more get 503.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub queue: usize,
+
+    /// Most requests sharing one flush.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_group_jobs: usize,
+
+    /// Most items (accounts + transfers) sharing one flush.
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    pub max_group_items: usize,
+
+    /// Accounts kept (in memory); more get `capacity_exceeded`.
+    #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+    pub max_accounts: usize,
+
+    /// Transfers kept (in memory, 128 bytes each plus indexes); more get `capacity_exceeded`.
+    #[arg(long, value_name = "N", default_value_t = 50_000_000)]
+    pub max_transfers: usize,
+
+    /// Damage in the middle of the log at start-up: truncate (quarantining the rest) or refuse to start.
+    #[arg(long, value_enum, default_value_t = DamagePolicy::Truncate)]
+    pub on_damage: DamagePolicy,
+
+    /// Runtime threads for HTTP: 1 = tokio current_thread (the writer has its own thread).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub threads: usize,
+
+    /// CPU cores to pin to before any thread starts, e.g. "0,1".
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+
+    /// Concurrent connections served; more wait in the kernel backlog.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+}
+
+impl Default for ServeArgs {
+    /// The same values as the command-line defaults.
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Wrapper::try_parse_from(["ledger-writer"])
+            .expect("defaults of ServeArgs parse")
+            .serve
+    }
+}
+
+/// Validated options.
+#[derive(Debug, Clone)]
+pub struct ServePlan {
+    /// API listener.
+    pub bind: SocketAddr,
+    /// Admin listener.
+    pub admin_bind: SocketAddr,
+    /// Data directory; `None` = a fresh temporary one.
+    pub data_dir: Option<PathBuf>,
+    /// Log layout.
+    pub segment_bytes: u64,
+    /// What recovery does with damage.
+    pub on_damage: DamagePolicy,
+    /// Writer batching and checkpoints (its `data_dir` is filled in at start).
+    pub writer: WriterConfig,
+    /// Writer queue bound.
+    pub queue: usize,
+    /// State limits.
+    pub limits: Limits,
+    /// HTTP runtime threads.
+    pub threads: usize,
+    /// Cores to pin to.
+    pub cpus: Vec<usize>,
+    /// HTTP limits.
+    pub http: HttpLimits,
+}
+
+/// Upper bounds of the numeric flags.
+const MAX_SEGMENT_BYTES: u64 = 1 << 32;
+const MIN_SEGMENT_BYTES: u64 = 1 << 16;
+const MAX_QUEUE: usize = 1 << 20;
+const MAX_THREADS: usize = 256;
+
+impl ServeArgs {
+    /// Validates the flags once; errors name the flag.
+    pub fn resolve(&self) -> Result<ServePlan, LedgerError> {
+        let range = |flag: &'static str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                Err(LedgerError::invalid(
+                    flag,
+                    format!("must be between {lo} and {hi}, got {v}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        range(
+            "--segment-bytes",
+            self.segment_bytes,
+            MIN_SEGMENT_BYTES,
+            MAX_SEGMENT_BYTES,
+        )?;
+        range(
+            "--checkpoint-every-bytes",
+            self.checkpoint_every_bytes,
+            1 << 16,
+            1 << 40,
+        )?;
+        range("--queue", self.queue as u64, 1, MAX_QUEUE as u64)?;
+        range(
+            "--max-group-jobs",
+            self.max_group_jobs as u64,
+            1,
+            MAX_QUEUE as u64,
+        )?;
+        range("--max-group-items", self.max_group_items as u64, 1, 1 << 24)?;
+        range("--max-accounts", self.max_accounts as u64, 1, 1 << 32)?;
+        range("--max-transfers", self.max_transfers as u64, 1, 1 << 32)?;
+        range("--threads", self.threads as u64, 1, MAX_THREADS as u64)?;
+        range(
+            "--max-connections",
+            self.max_connections as u64,
+            1,
+            1_000_000,
+        )?;
+        let available = available_cpus();
+        if let Some(bad) = self.cpus.iter().find(|&&c| c >= available) {
+            return Err(LedgerError::invalid(
+                "--cpus",
+                format!("cpu {bad} does not exist: this host has cpus 0..{available}"),
+            ));
+        }
+        let mut cpus = self.cpus.clone();
+        cpus.sort_unstable();
+        cpus.dedup();
+        Ok(ServePlan {
+            bind: self.bind,
+            admin_bind: self.admin_bind,
+            data_dir: self.data_dir.clone(),
+            segment_bytes: self.segment_bytes,
+            on_damage: self.on_damage,
+            writer: WriterConfig {
+                max_group_jobs: self.max_group_jobs,
+                max_group_items: self.max_group_items,
+                checkpoint_every_bytes: self.checkpoint_every_bytes,
+                data_dir: PathBuf::new(),
+            },
+            queue: self.queue,
+            limits: Limits {
+                max_accounts: self.max_accounts,
+                max_transfers: self.max_transfers,
+            },
+            threads: self.threads,
+            cpus,
+            http: HttpLimits {
+                max_connections: self.max_connections,
+                max_body_bytes: MAX_REQUEST_BODY_BYTES,
+                ..HttpLimits::default()
+            },
+        })
+    }
+}
+
+/// What start-up recovered.
+pub struct Recovered {
+    /// The rebuilt state.
+    pub state: State,
+    /// The log, open for appending.
+    pub log: Log,
+    /// What the log scan found (truncations included).
+    pub report: RecoveryReport,
+    /// The checkpoint used (its last record), if any.
+    pub checkpoint_seq: Option<u64>,
+    /// Damaged checkpoints skipped, with the reason.
+    pub skipped_checkpoints: Vec<String>,
+    /// Records replayed after the checkpoint.
+    pub replayed_records: u64,
+    /// Wall time of the recovery.
+    pub elapsed: Duration,
+}
+
+/// Opens (or creates) the ledger in `data_dir`: newest valid checkpoint, then the log after it, verified record by
+/// record, a torn tail truncated, damage handled by `on_damage`.
+pub fn open_ledger(
+    data_dir: &Path,
+    segment_bytes: u64,
+    on_damage: DamagePolicy,
+    limits: Limits,
+) -> Result<Recovered, LedgerError> {
+    let started = Instant::now();
+    let log_dir = data_dir.join("log");
+    std::fs::create_dir_all(&log_dir).map_err(|source| LedgerError::DataDir {
+        path: log_dir.clone(),
+        source,
+    })?;
+    let loaded = checkpoint::load_latest(data_dir)?;
+    let skipped: Vec<String> = loaded
+        .skipped
+        .iter()
+        .map(|s| format!("{}: {}", s.path.display(), s.error))
+        .collect();
+    let (mut state, resume, checkpoint_seq, skipped_checkpoints) = match loaded.loaded {
+        Some(c) => {
+            let state = State::restore(&c.state, limits).map_err(|e| LedgerError::Snapshot {
+                path: c.path.clone(),
+                reason: e.to_string(),
+            })?;
+            (
+                state,
+                Some(Resume {
+                    seq: c.seq,
+                    hash: c.head_hash,
+                }),
+                Some(c.seq),
+                skipped,
+            )
+        }
+        None => (State::new(limits), None, None, skipped),
+    };
+    let mut replayed_records = 0u64;
+    let cfg = LogConfig {
+        segment_bytes,
+        on_damage: match on_damage {
+            DamagePolicy::Truncate => OnDamage::Truncate,
+            DamagePolicy::Refuse => OnDamage::Refuse,
+        },
+        ..LogConfig::new(data_dir)
+    };
+    let (log, report) = Log::open(cfg, resume, |rec| {
+        let kind = RecordKind::from_u16(rec.kind).ok_or_else(|| LedgerError::Replay {
+            seq: rec.seq,
+            reason: format!("unknown record kind {}", rec.kind),
+        })?;
+        state
+            .replay(kind, rec.timestamp_ns, rec.payload)
+            .map_err(|e| LedgerError::Replay {
+                seq: rec.seq,
+                reason: e.to_string(),
+            })?;
+        replayed_records += 1;
+        Ok::<(), LedgerError>(())
+    })?;
+    Ok(Recovered {
+        state,
+        log,
+        report,
+        checkpoint_seq,
+        skipped_checkpoints,
+        replayed_records,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// A ledger server running on the caller's runtime (see [`start`]).
+#[derive(Debug)]
+pub struct Started {
+    /// Bound address of the API listener.
+    pub http_addr: SocketAddr,
+    /// Bound address of the admin listener.
+    pub admin_addr: SocketAddr,
+    /// The data directory in use.
+    pub data_dir: PathBuf,
+    /// The writer's handle.
+    pub writer: WriterHandle,
+    http: tokio::task::JoinHandle<Result<(), refbench_common::CommonError>>,
+    admin: tokio::task::JoinHandle<Result<(), refbench_common::CommonError>>,
+    writer_thread: std::thread::JoinHandle<()>,
+    /// Keeps a default temporary data directory alive; dropped (removed) after the writer stopped.
+    temp: Option<tempfile::TempDir>,
+}
+
+impl Started {
+    /// The readiness announcement.
+    pub fn ready(&self) -> Ready {
+        let mut listeners = BTreeMap::new();
+        listeners.insert("http".to_string(), self.http_addr);
+        listeners.insert("admin".to_string(), self.admin_addr);
+        Ready {
+            system: SYSTEM.to_string(),
+            pid: std::process::id(),
+            listeners,
+            tls_cert_pem: None,
+        }
+    }
+
+    /// Waits until the listeners drained (after shutdown fired), then until the writer flushed what was queued and
+    /// wrote its final checkpoint.
+    pub async fn join(self) -> Result<(), LedgerError> {
+        let http = flatten("http", self.http.await);
+        let admin = flatten("admin", self.admin.await);
+        // The listeners hold the only other senders; with them gone the writer sees the queue close.
+        drop(self.writer);
+        let writer_thread = self.writer_thread;
+        let joined = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+        let writer = match joined {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(LedgerError::Task {
+                task: "writer",
+                reason: "panicked".into(),
+            }),
+        };
+        drop(self.temp);
+        http.and(admin).and(writer)
+    }
+}
+
+fn flatten(
+    task: &'static str,
+    r: Result<Result<(), refbench_common::CommonError>, tokio::task::JoinError>,
+) -> Result<(), LedgerError> {
+    match r {
+        Ok(inner) => inner.map_err(LedgerError::from),
+        Err(e) => Err(LedgerError::Task {
+            task,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Recovers the ledger, starts the writer, binds both listeners and serves on the current runtime until `shutdown`.
+pub async fn start(plan: &ServePlan, shutdown: Shutdown) -> Result<Started, LedgerError> {
+    let handle = metrics_handle()?;
+    let metrics = LedgerMetrics::new();
+    let (data_dir, temp) = match &plan.data_dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("refbench-ledger-")
+                .tempdir()
+                .map_err(|source| LedgerError::DataDir {
+                    path: std::env::temp_dir(),
+                    source,
+                })?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let rec = open_ledger(&data_dir, plan.segment_bytes, plan.on_damage, plan.limits)?;
+    eprintln!(
+        "ledger-writer: recovered {} in {:.3} s: checkpoint {:?}, {} records replayed, {} records in the log{}",
+        data_dir.display(),
+        rec.elapsed.as_secs_f64(),
+        rec.checkpoint_seq,
+        rec.replayed_records,
+        rec.log.head().0,
+        rec.report
+            .damage
+            .as_ref()
+            .map(|d| format!("; DROPPED: {d}"))
+            .unwrap_or_default()
+    );
+    for s in &rec.skipped_checkpoints {
+        eprintln!("ledger-writer: skipped damaged checkpoint {s}");
+    }
+    let mut wcfg = plan.writer.clone();
+    wcfg.data_dir = data_dir.clone();
+    let (writer, writer_thread) = writer::spawn(rec.state, rec.log, wcfg, plan.queue, metrics)
+        .map_err(|source| LedgerError::Spawn {
+            what: "writer thread",
+            source,
+        })?;
+    let http = bind_tcp(plan.bind).await?;
+    let admin = bind_tcp(plan.admin_bind).await?;
+    let http_addr = http.local_addr().map_err(|source| LedgerError::LocalAddr {
+        listener: "http",
+        source,
+    })?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|source| LedgerError::LocalAddr {
+            listener: "admin",
+            source,
+        })?;
+    let app = LedgerApp::new(writer.clone(), data_dir.clone());
+    let http = tokio::spawn(serve_http(http, app, plan.http.clone(), shutdown.clone()));
+    let admin = tokio::spawn(serve_admin(admin, handle, shutdown));
+    Ok(Started {
+        http_addr,
+        admin_addr,
+        data_dir,
+        writer,
+        http,
+        admin,
+        writer_thread,
+        temp,
+    })
+}
+
+/// How long the runtime gets to wind down after serving stopped.
+const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The whole server: validate, pin, build the runtime, recover, announce `REFBENCH_READY`, serve until
+/// SIGTERM/SIGINT, drain, flush, checkpoint, return.
+pub fn run(args: ServeArgs) -> Result<(), LedgerError> {
+    let plan = args.resolve()?;
+    pin_to_cpus(&plan.cpus)?;
+    let runtime = if plan.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(plan.threads)
+            .thread_name("ledger-http")
+            .enable_all()
+            .build()
+    }
+    .map_err(|source| LedgerError::Spawn {
+        what: "tokio runtime",
+        source,
+    })?;
+    let result = runtime.block_on(async {
+        let (trigger, shutdown) = shutdown::channel();
+        shutdown::trigger_on_signals(trigger)?;
+        let started = start(&plan, shutdown).await?;
+        announce(&started.ready());
+        started.join().await
+    });
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    result
+}

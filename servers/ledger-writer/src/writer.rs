@@ -1,0 +1,468 @@
+//! The single writer: one OS thread owns the state machine and the log, and commits in groups.
+//!
+//! Why one thread: the state machine must apply operations in one order, the same order the log records, so that a
+//! replay rebuilds exactly the state the clients were told about. A single owner needs no locks on the hot path.
+//!
+//! Group commit: the thread takes the first queued job, then everything else already queued (up to a bound), applies
+//! them all, encodes their records into one buffer, does one `write` and one `fdatasync`, and only then answers each
+//! job. So many requests share one disk flush, and no client ever hears about a write that is not durable. Reads go
+//! through the same queue and are answered after the same flush: they never reveal a write that could still be lost.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+
+use crate::checkpoint;
+use crate::codec::Records;
+use crate::log::{CommitStats, DurablePosition, Log};
+use crate::metrics::LedgerMetrics;
+use crate::state::State;
+use crate::types::{Account, ItemResult, RecordKind, Transfer};
+use crate::verify::CurrencyReport;
+
+/// Items of a create request: the binary body as it came (decoded in place by the state machine, no copy), or
+/// values decoded from JSON.
+#[derive(Debug)]
+pub enum Items<T> {
+    /// A length-checked binary body of 128-byte records.
+    Binary(bytes::Bytes),
+    /// Decoded JSON items.
+    Values(Vec<T>),
+}
+
+impl<T> Items<T> {
+    fn len(&self) -> usize {
+        match self {
+            Items::Binary(b) => b.len() / crate::types::RECORD_BYTES,
+            Items::Values(v) => v.len(),
+        }
+    }
+}
+
+/// One operation for the writer.
+#[derive(Debug)]
+pub enum Op {
+    /// Create accounts.
+    CreateAccounts(Items<Account>),
+    /// Create transfers.
+    CreateTransfers(Items<Transfer>),
+    /// Look accounts up by id.
+    LookupAccounts(Vec<u128>),
+    /// Look transfers up by id.
+    LookupTransfers(Vec<u128>),
+    /// One page of an account's transfers.
+    History {
+        /// Account id.
+        id: u128,
+        /// Only transfers with a larger timestamp.
+        after: u64,
+        /// Page size.
+        limit: usize,
+    },
+    /// Counters and the log head.
+    Status,
+}
+
+/// The writer's answer.
+#[derive(Debug)]
+pub enum Reply {
+    /// Per-item results of a create, in request order.
+    Results(Vec<ItemResult>),
+    /// Found accounts, in request order.
+    Accounts(Vec<Account>),
+    /// Found transfers, in request order.
+    Transfers(Vec<Transfer>),
+    /// One history page and the cursor of the next.
+    History(Vec<Transfer>, Option<u64>),
+    /// The status report.
+    Status(Box<StatusReport>),
+    /// The writer cannot serve (stopped after a storage error, or shutting down).
+    Unavailable(String),
+}
+
+/// What `GET /status` shows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusReport {
+    /// Records in the log.
+    pub records: u64,
+    /// BLAKE3 of the last record, hex.
+    pub head_hash: String,
+    /// Timestamp of the last applied item, ns.
+    pub last_timestamp: u64,
+    /// Accounts stored.
+    pub accounts: u64,
+    /// Transfers stored.
+    pub transfers: u64,
+    /// Pending transfers not yet posted, voided or expired.
+    pub pending: u64,
+    /// Per-currency totals.
+    pub currencies: std::collections::BTreeMap<String, CurrencyReport>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+}
+
+/// A queued job.
+#[derive(Debug)]
+pub struct Job {
+    /// What to do.
+    pub op: Op,
+    /// Where the answer goes (after the group's flush).
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// How the writer batches and checkpoints.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Most jobs in one group commit.
+    pub max_group_jobs: usize,
+    /// Most items (accounts + transfers) in one group commit.
+    pub max_group_items: usize,
+    /// A checkpoint is written after this many log bytes since the last one.
+    pub checkpoint_every_bytes: u64,
+    /// Data directory (checkpoints go here).
+    pub data_dir: PathBuf,
+}
+
+/// Handles shared with the HTTP side.
+#[derive(Debug, Clone)]
+pub struct WriterHandle {
+    tx: SyncSender<Job>,
+    /// The end of the durable log (the verifier reads up to it while the writer appends).
+    pub durable: Arc<Mutex<DurablePosition>>,
+    /// Set when the writer stopped for good (storage error): writes are refused.
+    pub failed: Arc<AtomicBool>,
+}
+
+/// Why a job could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The bounded queue is full: answer 503 so the client backs off.
+    Full,
+    /// The writer has stopped.
+    Stopped,
+}
+
+impl WriterHandle {
+    /// The end of the durable log right now.
+    pub fn durable_position(&self) -> DurablePosition {
+        *self.durable.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `op`; the receiver yields the answer after the group's flush.
+    pub fn submit(&self, op: Op) -> Result<oneshot::Receiver<Reply>, SubmitError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(SubmitError::Stopped);
+        }
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Job { op, reply }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
+        }
+    }
+}
+
+/// Wall clock in ns since the Unix epoch; the state machine keeps timestamps strictly increasing on top.
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Longest the writer sleeps with an empty queue: pending-transfer expiry is checked at least this often.
+const IDLE_WAKE: Duration = Duration::from_millis(250);
+
+/// Starts the writer thread over a recovered `state` and `log`; `queue` bounds the jobs waiting for it.
+pub fn spawn(
+    state: State,
+    log: Log,
+    config: WriterConfig,
+    queue: usize,
+    metrics: LedgerMetrics,
+) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(queue);
+    let durable = Arc::new(Mutex::new(log.durable_position()));
+    let failed = Arc::new(AtomicBool::new(false));
+    let handle = WriterHandle {
+        tx,
+        durable: durable.clone(),
+        failed: failed.clone(),
+    };
+    let mut w = Writer {
+        state,
+        log,
+        config,
+        metrics,
+        durable,
+        failed,
+        bytes_since_checkpoint: 0,
+        checkpointer: None,
+        payload: Vec::with_capacity(1 << 20),
+    };
+    let join = std::thread::Builder::new()
+        .name("ledger-writer".into())
+        .spawn(move || w.run(rx))?;
+    Ok((handle, join))
+}
+
+struct Writer {
+    state: State,
+    log: Log,
+    config: WriterConfig,
+    metrics: LedgerMetrics,
+    durable: Arc<Mutex<DurablePosition>>,
+    failed: Arc<AtomicBool>,
+    bytes_since_checkpoint: u64,
+    /// At most one checkpoint is being written at a time (bounded: the next waits for it).
+    checkpointer: Option<std::thread::JoinHandle<Result<PathBuf, checkpoint::CheckpointError>>>,
+    payload: Vec<u8>,
+}
+
+impl Writer {
+    fn run(&mut self, rx: Receiver<Job>) {
+        let mut group: Vec<Job> = Vec::with_capacity(self.config.max_group_jobs);
+        let mut replies: Vec<Reply> = Vec::with_capacity(self.config.max_group_jobs);
+        loop {
+            let wait = self
+                .state
+                .next_expiry_ns()
+                .map(|at| Duration::from_nanos(at.saturating_sub(now_ns())).min(IDLE_WAKE))
+                .unwrap_or(IDLE_WAKE);
+            match rx.recv_timeout(wait) {
+                Ok(job) => group.push(job),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let mut items = group.first().map_or(0, |j| op_items(&j.op));
+            while group.len() < self.config.max_group_jobs && items < self.config.max_group_items {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        items += op_items(&job.op);
+                        group.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !self.step(&mut group, &mut replies) {
+                break;
+            }
+        }
+        // Drain what is still queued (the HTTP side stopped sending), then leave a checkpoint for a fast restart.
+        let mut rest: Vec<Job> = rx.try_iter().collect();
+        if !rest.is_empty() {
+            self.step(&mut rest, &mut replies);
+        }
+        if !self.failed.load(Ordering::Acquire) && self.bytes_since_checkpoint > 0 {
+            self.checkpoint();
+        }
+        if let Some(h) = self.checkpointer.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Applies one group, flushes, answers. Returns false when the writer must stop (storage failure).
+    fn step(&mut self, group: &mut Vec<Job>, replies: &mut Vec<Reply>) -> bool {
+        let started = Instant::now();
+        let now = now_ns();
+        replies.clear();
+        self.payload.clear();
+        let expired = self.state.expire(now, &mut self.payload);
+        let mut push_error = None;
+        if expired > 0 {
+            if let Err(e) = self
+                .log
+                .push(RecordKind::Expiries as u16, now, &self.payload)
+            {
+                push_error = Some(e);
+            }
+            self.metrics.expired.increment(expired as u64);
+        }
+        for job in group.iter() {
+            let reply = match &job.op {
+                Op::CreateAccounts(items) => {
+                    self.payload.clear();
+                    let r = match items {
+                        Items::Binary(b) => match Records::new(b) {
+                            Ok(recs) => {
+                                self.state
+                                    .create_accounts_records(recs, now, &mut self.payload)
+                            }
+                            Err(e) => unreachable!("the API checked the length: {e}"),
+                        },
+                        Items::Values(v) => self.state.create_accounts(v, now, &mut self.payload),
+                    };
+                    if !self.payload.is_empty()
+                        && let Err(e) =
+                            self.log
+                                .push(RecordKind::Accounts as u16, now, &self.payload)
+                    {
+                        push_error.get_or_insert(e);
+                    }
+                    self.metrics.count_results(RecordKind::Accounts, &r);
+                    Reply::Results(r)
+                }
+                Op::CreateTransfers(items) => {
+                    self.payload.clear();
+                    let r = match items {
+                        Items::Binary(b) => match Records::new(b) {
+                            Ok(recs) => {
+                                self.state
+                                    .create_transfers_records(recs, now, &mut self.payload)
+                            }
+                            Err(e) => unreachable!("the API checked the length: {e}"),
+                        },
+                        Items::Values(v) => self.state.create_transfers(v, now, &mut self.payload),
+                    };
+                    if !self.payload.is_empty()
+                        && let Err(e) =
+                            self.log
+                                .push(RecordKind::Transfers as u16, now, &self.payload)
+                    {
+                        push_error.get_or_insert(e);
+                    }
+                    self.metrics.count_results(RecordKind::Transfers, &r);
+                    Reply::Results(r)
+                }
+                Op::LookupAccounts(ids) => Reply::Accounts(
+                    ids.iter()
+                        .filter_map(|id| self.state.account(*id))
+                        .collect(),
+                ),
+                Op::LookupTransfers(ids) => Reply::Transfers(
+                    ids.iter()
+                        .filter_map(|id| self.state.transfer(*id))
+                        .collect(),
+                ),
+                Op::History { id, after, limit } => {
+                    let (page, next) = self.state.account_transfers(*id, *after, *limit);
+                    Reply::History(page, next)
+                }
+                Op::Status => Reply::Status(Box::new(self.status())),
+            };
+            replies.push(reply);
+        }
+        let applied_ns = started.elapsed().as_nanos() as u64;
+        let commit = match push_error {
+            // The state applied what the log could not take: same as a failed flush, the state is ahead of the disk.
+            Some(e) => Err(e),
+            None => self.log.commit(),
+        };
+        match commit {
+            Ok(stats) => self.committed(&stats, group.len(), applied_ns),
+            Err(e) => {
+                // A failed flush leaves the state ahead of the disk; the only safe way on is a restart that
+                // recovers from the log. Every job of this group, and every later one, is refused.
+                eprintln!("ledger-writer: storage failure, refusing all further writes: {e}");
+                self.failed.store(true, Ordering::Release);
+                for job in group.drain(..) {
+                    let _ = job
+                        .reply
+                        .send(Reply::Unavailable(format!("storage failure: {e}")));
+                }
+                return false;
+            }
+        }
+        for (job, reply) in group.drain(..).zip(replies.drain(..)) {
+            // A client that went away does not matter: its write is durable either way.
+            let _ = job.reply.send(reply);
+        }
+        if self.bytes_since_checkpoint >= self.config.checkpoint_every_bytes {
+            self.checkpoint();
+        }
+        true
+    }
+
+    fn committed(&mut self, stats: &CommitStats, jobs: usize, applied_ns: u64) {
+        *self.durable.lock().unwrap_or_else(PoisonError::into_inner) = self.log.durable_position();
+        self.bytes_since_checkpoint += stats.bytes;
+        self.metrics.observe_commit(stats, jobs, applied_ns);
+    }
+
+    fn checkpoint(&mut self) {
+        // One checkpoint in flight at most; the snapshot is taken here (consistent with the log head) and written
+        // by a helper thread so the flush path does not wait for a large file.
+        if let Some(h) = self.checkpointer.take() {
+            match h.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    eprintln!("ledger-writer: checkpoint failed (the log is intact): {e}")
+                }
+                Err(_) => eprintln!("ledger-writer: checkpoint thread panicked"),
+            }
+        }
+        let (next_seq, head_hash) = self.log.head();
+        if next_seq == 0 {
+            return;
+        }
+        let started = Instant::now();
+        let mut snap = Vec::new();
+        self.state.snapshot(&mut snap);
+        self.metrics
+            .snapshot_seconds
+            .record(started.elapsed().as_secs_f64());
+        let dir = self.config.data_dir.clone();
+        let counter = self.metrics.checkpoints.clone();
+        self.bytes_since_checkpoint = 0;
+        self.checkpointer = std::thread::Builder::new()
+            .name("ledger-checkpoint".into())
+            .spawn(move || {
+                let r = checkpoint::write(&dir, next_seq - 1, head_hash, &snap);
+                if r.is_ok() {
+                    counter.increment(1);
+                }
+                r
+            })
+            .ok();
+    }
+
+    fn status(&self) -> StatusReport {
+        let (records, head) = self.log.head();
+        let counts = self.state.counts();
+        StatusReport {
+            records,
+            head_hash: hex(&head),
+            last_timestamp: self.state.last_timestamp(),
+            accounts: counts.accounts as u64,
+            transfers: counts.transfers as u64,
+            pending: counts.pending as u64,
+            currencies: self
+                .state
+                .totals()
+                .into_iter()
+                .map(|(c, t)| {
+                    (
+                        crate::types::currency_to_string(c).unwrap_or_else(|| c.to_string()),
+                        CurrencyReport::from_totals(&t),
+                    )
+                })
+                .collect(),
+            data_dir: self.config.data_dir.clone(),
+        }
+    }
+}
+
+fn op_items(op: &Op) -> usize {
+    match op {
+        Op::CreateAccounts(v) => v.len(),
+        Op::CreateTransfers(v) => v.len(),
+        Op::LookupAccounts(v) | Op::LookupTransfers(v) => v.len(),
+        Op::History { limit, .. } => *limit,
+        Op::Status => 1,
+    }
+}
+
+/// Lower-case hex of a hash.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
