@@ -217,6 +217,26 @@ impl Conn {
         Ok(Exchange { status, body_bytes })
     }
 
+    /// Sends a complete serialized HTTP/1.1 request (head and body) and collects the response body into `body`
+    /// (at most `max_body` bytes). HTTP/1.1 only: HTTP/2 connections refuse with [`ClientError::BadRequest`].
+    pub async fn send_raw(
+        &mut self,
+        request: &[u8],
+        body: &mut Vec<u8>,
+        max_body: usize,
+    ) -> Result<Exchange, ClientError> {
+        match self {
+            Conn::H1(c) => {
+                let r = c.send_collect(request, body, max_body).await?;
+                Ok(Exchange {
+                    status: StatusCode::from_u16(r.status).map_err(|_| ClientError::Io)?,
+                    body_bytes: r.body_bytes,
+                })
+            }
+            Conn::H2(_) => Err(ClientError::BadRequest),
+        }
+    }
+
     /// True when the connection can still take requests.
     pub fn is_usable(&self) -> bool {
         match self {

@@ -40,6 +40,36 @@ pub struct H1Response {
     pub body_bytes: u64,
 }
 
+/// Where response body bytes go. The static-template path discards them ([`Discard`] compiles to nothing); the
+/// dynamic path collects them, bounded.
+trait BodySink {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), ClientError>;
+}
+
+struct Discard;
+
+impl BodySink for Discard {
+    #[inline(always)]
+    fn put(&mut self, _: &[u8]) -> Result<(), ClientError> {
+        Ok(())
+    }
+}
+
+struct Collect<'a> {
+    out: &'a mut Vec<u8>,
+    limit: usize,
+}
+
+impl BodySink for Collect<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        if self.out.len() + bytes.len() > self.limit {
+            return Err(ClientError::BodyTooLarge);
+        }
+        self.out.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 enum Framing {
     Length(u64),
     Chunked,
@@ -88,12 +118,40 @@ impl H1Conn {
         self.len -= n;
     }
 
-    /// Sends `request` (a complete serialized request) and reads the whole response.
+    /// Sends `request` (a complete serialized request) and reads the whole response, discarding its body.
     pub async fn send(
         &mut self,
         request: &[u8],
         head_only: bool,
         max_body: u64,
+    ) -> Result<H1Response, ClientError> {
+        self.exchange(request, head_only, max_body, &mut Discard)
+            .await
+    }
+
+    /// Sends `request` (head and body in one buffer, written with one `write`) and reads the response body into
+    /// `body` (cleared first; at most `max_body` bytes, else [`ClientError::BodyTooLarge`]).
+    pub async fn send_collect(
+        &mut self,
+        request: &[u8],
+        body: &mut Vec<u8>,
+        max_body: usize,
+    ) -> Result<H1Response, ClientError> {
+        body.clear();
+        let mut sink = Collect {
+            out: body,
+            limit: max_body,
+        };
+        self.exchange(request, false, max_body as u64, &mut sink)
+            .await
+    }
+
+    async fn exchange<S: BodySink>(
+        &mut self,
+        request: &[u8],
+        head_only: bool,
+        max_body: u64,
+        sink: &mut S,
     ) -> Result<H1Response, ClientError> {
         if self.closed {
             return Err(ClientError::Io);
@@ -107,17 +165,18 @@ impl H1Conn {
             self.closed = true;
             return Err(ClientError::Io);
         }
-        let result = self.read_response(head_only, max_body).await;
+        let result = self.read_response(head_only, max_body, sink).await;
         if result.is_err() {
             self.closed = true;
         }
         result
     }
 
-    async fn read_response(
+    async fn read_response<S: BodySink>(
         &mut self,
         head_only: bool,
         max_body: u64,
+        sink: &mut S,
     ) -> Result<H1Response, ClientError> {
         loop {
             let (status, head_len, framing, close) = loop {
@@ -177,12 +236,16 @@ impl H1Conn {
                     if n > max_body {
                         return Err(ClientError::BodyTooLarge);
                     }
-                    self.skip(n).await?;
+                    self.skip(n, sink).await?;
                     n
                 }
-                Framing::Chunked => self.skip_chunked(max_body).await?,
+                Framing::Chunked => self.skip_chunked(max_body, sink).await?,
                 Framing::UntilClose => {
                     let mut total = self.len as u64;
+                    if total > max_body {
+                        return Err(ClientError::BodyTooLarge);
+                    }
+                    sink.put(&self.buf[..self.len])?;
                     self.len = 0;
                     loop {
                         match self.stream.read(&mut self.buf).await {
@@ -192,6 +255,7 @@ impl H1Conn {
                                 if total > max_body {
                                     return Err(ClientError::BodyTooLarge);
                                 }
+                                sink.put(&self.buf[..n])?;
                             }
                             Err(_) => return Err(ClientError::Io),
                         }
@@ -207,10 +271,11 @@ impl H1Conn {
         }
     }
 
-    /// Discards exactly `n` body bytes.
-    async fn skip(&mut self, mut n: u64) -> Result<(), ClientError> {
+    /// Passes exactly `n` body bytes to `sink`.
+    async fn skip<S: BodySink>(&mut self, mut n: u64, sink: &mut S) -> Result<(), ClientError> {
         loop {
             let take = (self.len as u64).min(n) as usize;
+            sink.put(&self.buf[..take])?;
             self.consume(take);
             n -= take as u64;
             if n == 0 {
@@ -233,7 +298,11 @@ impl H1Conn {
         }
     }
 
-    async fn skip_chunked(&mut self, max_body: u64) -> Result<u64, ClientError> {
+    async fn skip_chunked<S: BodySink>(
+        &mut self,
+        max_body: u64,
+        sink: &mut S,
+    ) -> Result<u64, ClientError> {
         let mut total = 0u64;
         loop {
             let n = self.line().await?;
@@ -255,7 +324,7 @@ impl H1Conn {
             if total > max_body {
                 return Err(ClientError::BodyTooLarge);
             }
-            self.skip(size).await?;
+            self.skip(size, sink).await?;
             let n = self.line().await?;
             if n != 0 {
                 return Err(ClientError::Io);
@@ -357,6 +426,55 @@ mod tests {
         );
         assert!(!c.is_usable());
         assert_eq!(c.send(REQ, false, 100).await, Err(ClientError::Io));
+    }
+
+    #[tokio::test]
+    async fn collected_bodies_in_every_framing() {
+        let addr = server(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            b"HTTP/1.1 422 Unprocessable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n123456789",
+        ])
+        .await;
+        let mut c = conn(addr).await;
+        let mut body = vec![1, 2, 3];
+        let r = c.send_collect(REQ, &mut body, 100).await.unwrap();
+        assert_eq!((r.status, body.as_slice()), (200, &b"hello"[..]));
+        let r = c.send_collect(REQ, &mut body, 100).await.unwrap();
+        assert_eq!((r.status, body.as_slice()), (422, &b"abcdefg"[..]));
+        assert_eq!(
+            c.send_collect(REQ, &mut body, 8).await,
+            Err(ClientError::BodyTooLarge)
+        );
+        assert!(!c.is_usable());
+        let addr = server(vec![b"HTTP/1.0 200 OK\r\n\r\nuntil-close"]).await;
+        let mut c = conn(addr).await;
+        c.send_collect(REQ, &mut body, 100).await.unwrap();
+        assert_eq!(body, b"until-close");
+    }
+
+    #[tokio::test]
+    async fn large_collected_body_spans_many_reads() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let payload: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
+        let expect = payload.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await.unwrap();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                payload.len()
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(&payload).await.unwrap();
+        });
+        let mut c = conn(addr).await;
+        let mut body = Vec::new();
+        let r = c.send_collect(REQ, &mut body, 2_000_000).await.unwrap();
+        assert_eq!(r.body_bytes, 1_000_000);
+        assert_eq!(body, expect);
     }
 
     #[tokio::test]
