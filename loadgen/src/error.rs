@@ -79,6 +79,14 @@ pub enum RunError {
     /// A histogram could not be encoded or decoded.
     #[error("histogram: {0}")]
     Histogram(String),
+    /// The ledger scenario could not set up or look up its accounts (not a finding about correctness).
+    #[error("ledger target `{target}`: {reason}")]
+    Ledger {
+        /// Target name.
+        target: String,
+        /// What failed.
+        reason: String,
+    },
     /// Goose refused the configuration or failed.
     #[error("goose: {0}")]
     Goose(String),

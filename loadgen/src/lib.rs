@@ -10,6 +10,7 @@ pub mod error;
 pub mod h1;
 pub mod hist;
 pub mod host;
+pub mod ledger;
 pub mod plan;
 pub mod procs;
 pub mod profile;

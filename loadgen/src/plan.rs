@@ -7,7 +7,8 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ProfileError;
-use crate::profile::{PhaseSection, Profile, RequestSection, SloSection};
+use crate::ledger::wire::{MAX_BATCH, currency_code};
+use crate::profile::{LedgerSection, PhaseSection, Profile, RequestSection, SloSection};
 
 /// Built-in systems `loadgen serve` and profiles know.
 pub const BUILTIN_SYSTEMS: &[&str] = &["floor"];
@@ -210,6 +211,135 @@ pub struct PhasePlan {
     pub requests: Vec<RequestPlan>,
     /// SLOs that apply to this phase.
     pub slo: SloSection,
+    /// The ledger scenario, when the phase runs it (then `requests` only describes `POST /transfers`).
+    #[serde(default)]
+    pub ledger: Option<LedgerPlan>,
+}
+
+/// Most accounts a ledger phase may use.
+pub const MAX_LEDGER_ACCOUNTS: u32 = 1_000_000;
+/// Largest transfer amount a ledger phase may ask for (sums stay far from any overflow).
+pub const MAX_LEDGER_AMOUNT: u64 = 1_000_000_000_000_000;
+/// Most currencies a ledger phase may use.
+pub const MAX_LEDGER_CURRENCIES: usize = 64;
+/// Extra wall time a ledger phase may take for account set-up and verification, on top of its duration.
+pub const LEDGER_PHASE_OVERHEAD_S: f64 = 30.0;
+
+/// A validated `[phases.ledger]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LedgerPlan {
+    /// Accounts (at least two per currency).
+    pub accounts: u32,
+    /// Currencies; account `i` has `currencies[i % len]`.
+    pub currencies: Vec<String>,
+    /// Transfers per request.
+    pub batch_size: u32,
+    /// Zipf exponent of the account draw (0 = uniform).
+    pub zipf_exponent: f64,
+    /// Share of new transfers created pending.
+    pub two_phase_ratio: f64,
+    /// Share of pendings voided instead of posted.
+    pub void_ratio: f64,
+    /// Largest amount in minor units.
+    pub amount_max: u64,
+    /// Check the invariants after the phase.
+    pub verify: bool,
+    /// Seed of the transfer generator.
+    pub seed: u64,
+}
+
+fn resolve_ledger(f: &str, l: &LedgerSection, phase_seed: u64) -> Result<LedgerPlan, ProfileError> {
+    let currencies = l.currencies.clone().unwrap_or_else(|| vec!["USD".into()]);
+    if currencies.is_empty() || currencies.len() > MAX_LEDGER_CURRENCIES {
+        return Err(ProfileError::invalid(
+            format!("{f}.currencies"),
+            format!("must list 1..={MAX_LEDGER_CURRENCIES} currencies"),
+        ));
+    }
+    for (k, c) in currencies.iter().enumerate() {
+        if currency_code(c).is_none() {
+            return Err(ProfileError::invalid(
+                format!("{f}.currencies[{k}]"),
+                format!("`{c}` is not three ASCII capital letters"),
+            ));
+        }
+        if currencies[..k].contains(c) {
+            return Err(ProfileError::invalid(
+                format!("{f}.currencies[{k}]"),
+                format!("`{c}` is listed twice"),
+            ));
+        }
+    }
+    let accounts = l.accounts.unwrap_or(10_000);
+    let min_accounts = 2 * currencies.len() as u32;
+    if !(min_accounts..=MAX_LEDGER_ACCOUNTS).contains(&accounts) {
+        return Err(ProfileError::invalid(
+            format!("{f}.accounts"),
+            format!(
+                "must be {min_accounts}..={MAX_LEDGER_ACCOUNTS} (two accounts per currency at least), got {accounts}"
+            ),
+        ));
+    }
+    let batch_size = l.batch_size.unwrap_or(1);
+    if batch_size == 0 || batch_size as usize > MAX_BATCH {
+        return Err(ProfileError::invalid(
+            format!("{f}.batch_size"),
+            format!("must be 1..={MAX_BATCH}, got {batch_size}"),
+        ));
+    }
+    let zipf_exponent = l.zipf_exponent.unwrap_or(1.0);
+    if !zipf_exponent.is_finite() || !(0.0..=10.0).contains(&zipf_exponent) {
+        return Err(ProfileError::invalid(
+            format!("{f}.zipf_exponent"),
+            format!("must be within 0..=10 (0 = uniform), got {zipf_exponent}"),
+        ));
+    }
+    let ratio = |k: &str, v: Option<f64>, default: f64| -> Result<f64, ProfileError> {
+        let v = v.unwrap_or(default);
+        if v.is_finite() && (0.0..=1.0).contains(&v) {
+            Ok(v)
+        } else {
+            Err(ProfileError::invalid(
+                format!("{f}.{k}"),
+                format!("must be within 0..=1, got {v}"),
+            ))
+        }
+    };
+    let two_phase_ratio = ratio("two_phase_ratio", l.two_phase_ratio, 0.0)?;
+    let void_ratio = ratio("void_ratio", l.void_ratio, 0.1)?;
+    let amount_max = l.amount_max.unwrap_or(10_000);
+    if amount_max == 0 || amount_max > MAX_LEDGER_AMOUNT {
+        return Err(ProfileError::invalid(
+            format!("{f}.amount_max"),
+            format!("must be 1..={MAX_LEDGER_AMOUNT}, got {amount_max}"),
+        ));
+    }
+    Ok(LedgerPlan {
+        accounts,
+        currencies,
+        batch_size,
+        zipf_exponent,
+        two_phase_ratio,
+        void_ratio,
+        amount_max,
+        verify: l.verify.unwrap_or(true),
+        seed: l.seed.unwrap_or(phase_seed),
+    })
+}
+
+/// The request a ledger phase sends, as shown in the plan (the bodies are generated per send).
+pub fn ledger_request() -> RequestPlan {
+    RequestPlan {
+        name: "POST /transfers".into(),
+        method: "POST".into(),
+        path: "/transfers".into(),
+        weight: 1,
+        body: String::new(),
+        headers: BTreeMap::from([(
+            "content-type".to_string(),
+            "application/octet-stream".to_string(),
+        )]),
+    }
 }
 
 impl PhasePlan {
@@ -616,7 +746,28 @@ fn resolve_phase(
         _ => {}
     }
     let seed = p.seed.unwrap_or(0x5eed_0000 + i as u64);
-    let requests = resolve_requests(&format!("{f}.requests"), p.requests.as_ref())?;
+    let ledger = match &p.ledger {
+        None => None,
+        Some(l) => {
+            if http != HttpVersion::Http1 {
+                return Err(ProfileError::invalid(
+                    format!("{f}.http"),
+                    "the ledger scenario speaks HTTP/1.1 only: leave `http` out or set it to \"1.1\"",
+                ));
+            }
+            if p.requests.is_some() {
+                return Err(ProfileError::invalid(
+                    format!("{f}.requests"),
+                    "a ledger phase generates its own requests (POST /transfers): remove [[phases.requests]]",
+                ));
+            }
+            Some(resolve_ledger(&format!("{f}.ledger"), l, seed)?)
+        }
+    };
+    let requests = match ledger {
+        Some(_) => vec![ledger_request()],
+        None => resolve_requests(&format!("{f}.requests"), p.requests.as_ref())?,
+    };
     if let Some(s) = &p.slo {
         check_slo(&format!("{f}.slo"), s)?;
     }
@@ -745,6 +896,7 @@ fn resolve_phase(
             max_requests: 0,
             requests: requests.clone(),
             slo: slo.clone(),
+            ledger: ledger.clone(),
         };
         // Open phases get a cap a little above what they should send, so a runaway schedule stops by itself.
         let default_cap = plan
@@ -910,7 +1062,11 @@ pub fn resolve(profile: &Profile, env: Env) -> Result<Plan, ProfileError> {
     let phase_time_s: f64 = phases.iter().map(|p| p.duration_s).sum::<f64>()
         + calibration.as_ref().map_or(0.0, |c| c.duration_s);
     // Allow for server start-up, loader start-up and draining in-flight requests at every phase end.
-    let default_max_duration_s = phase_time_s + 30.0 + 5.0 * phases.len() as f64;
+    let ledger_phases = phases.iter().filter(|p| p.ledger.is_some()).count();
+    let default_max_duration_s = phase_time_s
+        + 30.0
+        + 5.0 * phases.len() as f64
+        + LEDGER_PHASE_OVERHEAD_S * ledger_phases as f64;
     let max_duration_s = match run.max_duration_s {
         Some(d) => {
             let d = positive("run.max_duration_s", d, 7.0 * 24.0 * 3600.0)?;

@@ -434,19 +434,52 @@ pub fn http_get(
     path: &str,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
+    let (status, body) = http_request(
+        addr,
+        host,
+        "GET",
+        path,
+        None,
+        b"",
+        timeout,
+        MAX_SCRAPE_BYTES,
+    )?;
+    Ok((status, String::from_utf8_lossy(&body).to_string()))
+}
+
+/// A blocking request over HTTP/1.1 with `Connection: close`: `body` is sent with `content_type` (when given), and
+/// the response (at most `max_bytes`, head included) is read to the end. Returns status and body bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn http_request(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+    max_bytes: u64,
+) -> Result<(u16, Vec<u8>), String> {
     let mut s =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: text/plain\r\n\r\n"
-    )
-    .map_err(|e| format!("send: {e}"))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    match content_type {
+        Some(ct) => head.push_str(&format!(
+            "Content-Type: {ct}\r\nContent-Length: {}\r\n",
+            body.len()
+        )),
+        None => head.push_str("Accept: text/plain\r\n"),
+    }
+    head.push_str("\r\n");
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req).map_err(|e| format!("send: {e}"))?;
     let mut raw = Vec::new();
-    s.take(MAX_SCRAPE_BYTES)
+    s.take(max_bytes)
         .read_to_end(&mut raw)
         .map_err(|e| format!("read: {e}"))?;
     let split = raw
@@ -469,7 +502,7 @@ pub fn http_get(
     } else {
         body.to_vec()
     };
-    Ok((status, String::from_utf8_lossy(&body).to_string()))
+    Ok((status, body))
 }
 
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {

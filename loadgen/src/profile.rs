@@ -124,6 +124,33 @@ pub struct PhaseSection {
     pub requests: Option<Vec<RequestSection>>,
     /// SLO overrides for this phase.
     pub slo: Option<SloSection>,
+    /// The ledger scenario: transfers against a ledger-writer target instead of the request mix.
+    pub ledger: Option<LedgerSection>,
+}
+
+/// `[phases.ledger]`: the ledger scenario (see `servers/ledger-writer/API.md`). Loadgen creates the accounts before
+/// the phase, sends `POST /transfers` batches at the phase's rate, and checks the ledger's invariants afterwards.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSection {
+    /// Accounts the transfers move money between (default 10000, at most 1000000).
+    pub accounts: Option<u32>,
+    /// Currencies, three capital letters each (default `["USD"]`); account `i` has `currencies[i % len]`.
+    pub currencies: Option<Vec<String>>,
+    /// Transfers per `POST /transfers` request (1..=8190, default 1).
+    pub batch_size: Option<u32>,
+    /// Hot-account skew: accounts are drawn by Zipf with this exponent (default 1.0; 0 = uniform).
+    pub zipf_exponent: Option<f64>,
+    /// Share of new transfers created pending and later posted or voided (0..=1, default 0).
+    pub two_phase_ratio: Option<f64>,
+    /// Share of pending transfers voided instead of posted (0..=1, default 0.1).
+    pub void_ratio: Option<f64>,
+    /// Largest transfer amount in minor units (default 10000).
+    pub amount_max: Option<u64>,
+    /// Check the invariants through the API after the phase (default true).
+    pub verify: Option<bool>,
+    /// Seed of the transfer generator (default: the phase's seed).
+    pub seed: Option<u64>,
 }
 
 /// `[[phases.requests]]`: one entry of the request mix.

@@ -67,6 +67,51 @@ pub fn summary(r: &RunResult) -> String {
             cpu("loader"),
         );
     }
+    let ledger: Vec<_> = r
+        .phases
+        .iter()
+        .filter_map(|p| p.ledger.as_ref().map(|l| (p, l)))
+        .collect();
+    if !ledger.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n{:<22} {:>5} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  verified",
+            "ledger phase",
+            "batch",
+            "transfers/s",
+            "ok",
+            "failed",
+            "in_doubt",
+            "pending",
+            "posted",
+            "voided",
+        );
+        for (p, l) in ledger {
+            let verified = match &l.verification {
+                None => "off".to_string(),
+                Some(v) if v.passed => {
+                    format!("ok ({} acked, {} accounts)", v.acked, v.accounts_checked)
+                }
+                Some(v) => format!(
+                    "FAILED ({} missing, {} changed, {} balance mismatches)",
+                    v.missing, v.field_mismatches, v.balance_mismatches
+                ),
+            };
+            let _ = writeln!(
+                s,
+                "{:<22} {:>5} {:>11.0} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  {verified}",
+                truncate(&p.name, 22),
+                l.batch_size,
+                l.transfers_per_s,
+                l.transfers.ok,
+                l.transfers.failed,
+                l.transfers.in_doubt,
+                l.two_phase.pending_created,
+                l.two_phase.posted,
+                l.two_phase.voided,
+            );
+        }
+    }
     if let Some(c) = &r.calibration {
         let _ = writeln!(
             s,
@@ -88,6 +133,18 @@ pub fn summary(r: &RunResult) -> String {
         for reason in &r.invalid_reasons {
             let _ = writeln!(s, "  - {reason}");
         }
+    }
+    if !r.correctness_failures.is_empty() {
+        let _ = writeln!(s, "correctness: FAILED (the target broke an invariant)");
+        for f in &r.correctness_failures {
+            let _ = writeln!(s, "  - {f}");
+        }
+    } else if r
+        .phases
+        .iter()
+        .any(|p| p.ledger.as_ref().is_some_and(|l| l.verification.is_some()))
+    {
+        let _ = writeln!(s, "correctness: every ledger check passed");
     }
     if r.slo.checks.is_empty() {
         let _ = writeln!(s, "slo: none defined");

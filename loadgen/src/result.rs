@@ -48,6 +48,9 @@ pub struct RunResult {
     pub phases: Vec<PhaseResult>,
     /// Warm-up phases (run, not measured).
     pub warmup_phases: Vec<WarmupSummary>,
+    /// Correctness failures of the target found by the ledger scenario's checks (any makes the exit code 1).
+    #[serde(default)]
+    pub correctness_failures: Vec<String>,
 }
 
 /// SLO outcome.
@@ -244,6 +247,108 @@ pub struct PhaseResult {
     pub server_metrics: BTreeMap<String, BTreeMap<String, f64>>,
     /// Goose's reports for this phase.
     pub goose_reports: Vec<String>,
+    /// Transfer-level figures and invariant checks of a ledger phase; null for other phases.
+    #[serde(default)]
+    pub ledger: Option<LedgerResult>,
+}
+
+/// Transfer-level figures of a ledger phase (`requests` counts HTTP requests, i.e. batches).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LedgerResult {
+    /// Transfers per request.
+    pub batch_size: u32,
+    /// Scenario accounts.
+    pub accounts: u32,
+    /// Currencies.
+    pub currencies: Vec<String>,
+    /// Accounts created before this phase (the others existed already).
+    pub accounts_created: u64,
+    /// Transfer counts.
+    pub transfers: LedgerTransfers,
+    /// Failed transfers by result code name (or `http_NNN` when the whole batch was refused).
+    pub failed_by_code: BTreeMap<String, u64>,
+    /// Applied (`ok`) transfers per second over the phase.
+    pub transfers_per_s: f64,
+    /// Two-phase transfers.
+    pub two_phase: LedgerTwoPhase,
+    /// Invariant checks; null when `verify = false`.
+    pub verification: Option<LedgerVerification>,
+}
+
+/// Transfer counts of a ledger phase.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LedgerTransfers {
+    /// Transfers in requests that were written (`ok + exists + failed + in_doubt`).
+    pub sent: u64,
+    /// Applied.
+    pub ok: u64,
+    /// Applied before (same id, same fields).
+    pub exists: u64,
+    /// Refused, with a result code or a whole-batch HTTP error.
+    pub failed: u64,
+    /// Outcome unknown (timeout, broken connection, unreadable response).
+    pub in_doubt: u64,
+}
+
+/// Two-phase transfer counts of a ledger phase.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LedgerTwoPhase {
+    /// Pending transfers acknowledged.
+    pub pending_created: u64,
+    /// Posts acknowledged.
+    pub posted: u64,
+    /// Voids acknowledged.
+    pub voided: u64,
+    /// Pendings left reserved because a lane's queue was full.
+    pub pending_unqueued: u64,
+}
+
+/// The invariant checks of a ledger phase.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LedgerVerification {
+    /// True when every check below holds.
+    pub passed: bool,
+    /// Acknowledged transfers looked up.
+    pub acked: u64,
+    /// Of those, found exactly once with the fields sent.
+    pub verified_present: u64,
+    /// Acknowledged but not found.
+    pub missing: u64,
+    /// Found with other fields than sent.
+    pub field_mismatches: u64,
+    /// In-doubt transfers looked up.
+    pub in_doubt: u64,
+    /// Of those, found (applied; counted in the expected balances).
+    pub in_doubt_applied: u64,
+    /// Lookups that failed.
+    pub lookup_errors: u64,
+    /// Scenario accounts whose balances were compared.
+    pub accounts_checked: u64,
+    /// Scenario accounts the ledger did not return.
+    pub missing_accounts: u64,
+    /// Accounts whose change over the phase differs from what the loaders sent.
+    pub balance_mismatches: u64,
+    /// Per currency: the scenario accounts' changes sum to zero.
+    pub currencies_balanced: BTreeMap<String, bool>,
+    /// The server's `GET /verify` at the end of the run (null when not called or it failed).
+    pub server_verify: Option<LedgerServerVerify>,
+    /// What failed, one line each (up to a few examples per kind).
+    pub failures: Vec<String>,
+}
+
+/// The ledger's own verify report (`GET /verify`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LedgerServerVerify {
+    /// The server found its log and balances consistent.
+    pub ok: bool,
+    /// Log records.
+    pub records: u64,
+    /// BLAKE3 of the last log record (hex).
+    pub head_hash: String,
+    /// Per currency: balances sum to zero.
+    pub balanced: BTreeMap<String, bool>,
+    /// Errors the server listed.
+    pub errors: u64,
 }
 
 /// A warm-up phase's counts.

@@ -12,17 +12,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::error::{ProfileError, RunError};
 use crate::hist::{self, Summary};
 use crate::host::{Git, Host};
+use crate::ledger::check::{self, Balances, LedgerTarget};
 use crate::plan::{
-    self, Arrival, CalibrationPlan, Env, HttpUrl, HttpVersion, LoadModel, PhasePlan, Plan,
-    RequestPlan, TargetKind,
+    self, Arrival, CalibrationPlan, Env, HttpUrl, HttpVersion, LedgerPlan, LoadModel, PhasePlan,
+    Plan, RequestPlan, TargetKind,
 };
 use crate::procs::{self, Sampler, ServerProc, WorkerLine};
 use crate::profile::{Profile, SloSection, TargetSection};
 use crate::result::{
-    Calibration, PhaseResult, ProcessResult, Requests, RunResult, SCHEMA_VERSION, SloCheck,
-    SloReport, TargetInfo, WarmupSummary,
+    Calibration, LedgerResult, LedgerTransfers, LedgerTwoPhase, LedgerVerification, PhaseResult,
+    ProcessResult, Requests, RunResult, SCHEMA_VERSION, SloCheck, SloReport, TargetInfo,
+    WarmupSummary,
 };
-use crate::worker::{Progress, WorkerReport, WorkerSpec};
+use crate::worker::{LEDGER_VERIFY_BUDGET_S, Progress, WorkerReport, WorkerSpec};
 
 /// Everything `loadgen run` was asked.
 #[derive(Debug, Clone, Default)]
@@ -60,9 +62,12 @@ pub struct Finished {
 }
 
 impl Finished {
-    /// 0 all SLOs hold, 1 an SLO failed, 2 the run is invalid.
+    /// 1 the target failed a correctness check (whatever else happened), 2 the run is invalid, 1 an SLO failed,
+    /// 0 otherwise.
     pub fn exit_code(&self) -> i32 {
-        if !self.result.valid {
+        if !self.result.correctness_failures.is_empty() {
+            1
+        } else if !self.result.valid {
             2
         } else if !self.result.slo.passed {
             1
@@ -290,6 +295,11 @@ fn run_phase(
     let workers = plan.placement.loader_processes.min(phase.users).max(1);
     let remaining = plan.limits.max_requests.saturating_sub(ctx.requests_sent);
     let phase_cap = phase.max_requests.min(remaining).max(1);
+    let ledger_nonce = if phase.ledger.is_some() {
+        rand::random::<u64>() | 1
+    } else {
+        0
+    };
     let start_unix_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -325,6 +335,7 @@ fn run_phase(
             goose_report_base: Some(report_base),
             limits: plan.limits.clone(),
             max_requests: (phase_cap as u128 * lanes as u128).div_ceil(phase.users as u128) as u64,
+            ledger_nonce,
         };
         lane_offset += lanes;
         let json = serde_json::to_string(&spec).expect("plain data serializes");
@@ -340,9 +351,13 @@ fn run_phase(
     pids.extend(server_pid);
     let sampler = Sampler::start(pids);
 
+    let verify_s = match &phase.ledger {
+        Some(l) if l.verify => LEDGER_VERIFY_BUDGET_S,
+        _ => 0.0,
+    };
     let hard_stop = Instant::now()
         + Duration::from_secs_f64(
-            phase.duration_s + plan.limits.request_timeout_ms as f64 / 1000.0 + 35.0,
+            phase.duration_s + plan.limits.request_timeout_ms as f64 / 1000.0 + 35.0 + verify_s,
         );
     let mut reports: Vec<Option<WorkerReport>> = vec![None; workers];
     let mut eof = vec![false; workers];
@@ -611,6 +626,7 @@ fn calibration_phase(c: &CalibrationPlan) -> PhasePlan {
         max_requests: (c.rate_rps * c.duration_s * 1.1) as u64 + 1000,
         requests: vec![RequestPlan::get_root()],
         slo: SloSection::default(),
+        ledger: None,
     }
 }
 
@@ -729,6 +745,8 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
     let mut phases = Vec::new();
     let mut warmups = Vec::new();
     let mut checks = Vec::new();
+    let mut correctness_failures: Vec<String> = Vec::new();
+    let mut verified_targets: std::collections::BTreeSet<String> = Default::default();
     for phase in &plan.phases {
         if ctx.deadline_left() < phase.duration_s {
             invalid_reasons.push(format!(
@@ -743,8 +761,36 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
         } else {
             phase.name.clone()
         };
+        let prepared = match &phase.ledger {
+            Some(l) => Some(ledger_prepare(&plan, l, target)?),
+            None => None,
+        };
         let run = run_phase(&mut ctx, phase, target, &label)?;
         let merged = merge_reports(&run.reports)?;
+        let ledger = match (&phase.ledger, prepared) {
+            (Some(l), Some(prep)) => {
+                let (result, failures, notes) = ledger_finish(
+                    phase,
+                    l,
+                    target,
+                    prep,
+                    &run.reports,
+                    merged.wall_s.max(phase.duration_s),
+                )?;
+                for f in &failures {
+                    if !opts.quiet {
+                        eprintln!("[{label}] LEDGER CHECK FAILED: {f}");
+                    }
+                    correctness_failures.push(format!("phase `{}`: {f}", phase.name));
+                }
+                warnings.extend(notes);
+                if result.verification.is_some() {
+                    verified_targets.insert(phase.target.clone());
+                }
+                Some(result)
+            }
+            _ => None,
+        };
         if phase.warmup {
             warmups.push(WarmupSummary {
                 name: phase.name.clone(),
@@ -851,9 +897,51 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
             server_cpu_floor_ratio,
             server_metrics,
             goose_reports: run.goose_reports.clone(),
+            ledger,
         };
         checks.extend(slo_checks(&result, &phase.slo));
         phases.push(result);
+    }
+
+    // Once per run and ledger target: the server's own check of its log and balances.
+    for name in &verified_targets {
+        let t = &live[name];
+        let outcome = ledger_target(t, plan.limits.request_timeout_ms)
+            .and_then(|lt| check::server_verify(&lt).map_err(|reason| ledger_err(t, reason)));
+        match outcome {
+            Ok(v) => {
+                let mut problems = Vec::new();
+                if !v.ok {
+                    problems.push(format!(
+                        "GET /verify reports ok = false ({} errors)",
+                        v.errors
+                    ));
+                }
+                for (cur, balanced) in &v.balanced {
+                    if !balanced {
+                        problems.push(format!("GET /verify reports {cur} unbalanced"));
+                    }
+                }
+                for p in problems {
+                    if !opts.quiet {
+                        eprintln!("[{name}] LEDGER CHECK FAILED: {p}");
+                    }
+                    correctness_failures.push(format!("target `{name}`: {p}"));
+                }
+                for p in phases.iter_mut().filter(|p| &p.target == name) {
+                    if let Some(ver) = p.ledger.as_mut().and_then(|l| l.verification.as_mut()) {
+                        ver.server_verify = Some(v.clone());
+                    }
+                }
+            }
+            Err(e) => {
+                let p = format!("GET /verify could not be checked: {e}");
+                if !opts.quiet {
+                    eprintln!("[{name}] LEDGER CHECK FAILED: {p}");
+                }
+                correctness_failures.push(format!("target `{name}`: {p}"));
+            }
+        }
     }
 
     let targets: Vec<TargetInfo> = live.values().map(LiveTarget::info).collect();
@@ -883,9 +971,201 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
         targets,
         phases,
         warmup_phases: warmups,
+        correctness_failures,
     };
     write_result(&out_dir, &result)?;
     Ok(Finished { result, out_dir })
+}
+
+fn ledger_err(t: &LiveTarget, reason: impl Into<String>) -> RunError {
+    RunError::Ledger {
+        target: t.name.clone(),
+        reason: reason.into(),
+    }
+}
+
+fn ledger_target(t: &LiveTarget, request_timeout_ms: u64) -> Result<LedgerTarget, RunError> {
+    LedgerTarget::new(
+        &t.url,
+        t.addr,
+        Duration::from_millis(request_timeout_ms).max(Duration::from_secs(30)),
+    )
+    .map_err(|e| ledger_err(t, e))
+}
+
+/// A ledger phase's state between set-up and checks.
+struct LedgerPrepared {
+    target: LedgerTarget,
+    created: u64,
+    before: Option<Balances>,
+}
+
+/// Before a ledger phase (not measured): creates its accounts and, when verifying, records their balances.
+fn ledger_prepare(
+    plan: &Plan,
+    l: &LedgerPlan,
+    target: &LiveTarget,
+) -> Result<LedgerPrepared, RunError> {
+    let lt = ledger_target(target, plan.limits.request_timeout_ms)?;
+    let created = check::create_accounts(&lt, l).map_err(|e| ledger_err(target, e))?;
+    let before = if l.verify {
+        Some(check::lookup_balances(&lt, l).map_err(|e| ledger_err(target, e))?)
+    } else {
+        None
+    };
+    Ok(LedgerPrepared {
+        target: lt,
+        created,
+        before,
+    })
+}
+
+/// After a ledger phase: merges the loaders' figures and, when verifying, compares the balance changes with what
+/// the loaders sent. Returns the result, the correctness failures and warnings.
+fn ledger_finish(
+    phase: &PhasePlan,
+    l: &LedgerPlan,
+    target: &LiveTarget,
+    prep: LedgerPrepared,
+    reports: &[WorkerReport],
+    wall_s: f64,
+) -> Result<(LedgerResult, Vec<String>, Vec<String>), RunError> {
+    let mut transfers = LedgerTransfers::default();
+    let mut two_phase = LedgerTwoPhase::default();
+    let mut failed_by_code: BTreeMap<String, u64> = BTreeMap::new();
+    let mut checks = crate::ledger::model::TransferChecks::default();
+    let mut notes = Vec::new();
+    let mut failures = Vec::new();
+    let mut lanes_stopped = 0;
+    let mut deltas = Vec::with_capacity(reports.len());
+    for r in reports {
+        let Some(w) = &r.ledger else {
+            return Err(RunError::Loader {
+                index: r.worker_index,
+                reason: "its report of a ledger phase has no ledger figures".into(),
+            });
+        };
+        transfers.sent += w.sent;
+        transfers.ok += w.ok;
+        transfers.exists += w.exists;
+        transfers.failed += w.failed;
+        transfers.in_doubt += w.in_doubt;
+        two_phase.pending_created += w.pending_created;
+        two_phase.posted += w.posted;
+        two_phase.voided += w.voided;
+        two_phase.pending_unqueued += w.pending_unqueued;
+        lanes_stopped += w.lanes_stopped;
+        for (k, v) in &w.failed_by_code {
+            *failed_by_code.entry(k.clone()).or_insert(0) += v;
+        }
+        match &w.checks {
+            Some(c) => checks.add(c),
+            None if l.verify => {
+                return Err(RunError::Loader {
+                    index: r.worker_index,
+                    reason: "it did not verify its ledger transfers".into(),
+                });
+            }
+            None => {}
+        }
+        deltas.push(w.deltas.as_slice());
+    }
+    if lanes_stopped > 0 {
+        notes.push(format!(
+            "phase `{}`: {lanes_stopped} ledger lanes stopped early (transfer ids exhausted or too many in-doubt transfers)",
+            phase.name
+        ));
+    }
+    let verification = if l.verify {
+        let after = check::lookup_balances(&prep.target, l).map_err(|e| ledger_err(target, e))?;
+        let expected = check::sum_deltas(l.accounts, deltas).map_err(|e| ledger_err(target, e))?;
+        let before = prep.before.as_ref().expect("looked up when verifying");
+        let b = check::check_balances(l, before, &after, &expected);
+        if checks.missing > 0 {
+            failures.push(format!(
+                "{} of {} acknowledged transfers are missing from the ledger",
+                checks.missing, checks.acked
+            ));
+        }
+        if checks.field_mismatches > 0 {
+            failures.push(format!(
+                "{} transfers are stored with other fields than sent",
+                checks.field_mismatches
+            ));
+        }
+        if checks.lookup_errors > 0 {
+            failures.push(format!(
+                "{} transfers could not be looked up",
+                checks.lookup_errors
+            ));
+        }
+        if b.missing_accounts > 0 {
+            failures.push(format!(
+                "{} scenario accounts are unknown to the ledger",
+                b.missing_accounts
+            ));
+        }
+        if b.balance_mismatches > 0 {
+            failures.push(format!(
+                "{} of {} accounts changed by other amounts than the acknowledged transfers imply",
+                b.balance_mismatches, b.accounts_checked
+            ));
+        }
+        for (cur, ok) in &b.currencies_balanced {
+            if !ok {
+                failures.push(format!(
+                    "{cur}: the scenario accounts' balance changes do not sum to zero"
+                ));
+            }
+        }
+        if !failures.is_empty() {
+            failures.extend(
+                checks
+                    .examples
+                    .iter()
+                    .chain(&b.examples)
+                    .take(5)
+                    .map(|e| format!("e.g. {e}")),
+            );
+        }
+        Some(LedgerVerification {
+            passed: failures.is_empty(),
+            acked: checks.acked,
+            verified_present: checks.verified_present,
+            missing: checks.missing,
+            field_mismatches: checks.field_mismatches,
+            in_doubt: checks.in_doubt,
+            in_doubt_applied: checks.in_doubt_applied,
+            lookup_errors: checks.lookup_errors,
+            accounts_checked: b.accounts_checked,
+            missing_accounts: b.missing_accounts,
+            balance_mismatches: b.balance_mismatches,
+            currencies_balanced: b.currencies_balanced,
+            server_verify: None,
+            failures: failures.clone(),
+        })
+    } else {
+        None
+    };
+    Ok((
+        LedgerResult {
+            batch_size: l.batch_size,
+            accounts: l.accounts,
+            currencies: l.currencies.clone(),
+            accounts_created: prep.created,
+            transfers_per_s: if wall_s > 0.0 {
+                transfers.ok as f64 / wall_s
+            } else {
+                0.0
+            },
+            transfers,
+            failed_by_code,
+            two_phase,
+            verification,
+        },
+        failures,
+        notes,
+    ))
 }
 
 /// Writes `result.json` atomically (temp file + rename), so a reader never sees half a result.

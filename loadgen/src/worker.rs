@@ -30,6 +30,11 @@ use serde::{Deserialize, Serialize};
 use crate::client::{self, ClientError, Conn, Template};
 use crate::error::RunError;
 use crate::hist;
+use crate::ledger::model::{
+    BatchOutcome, Item, LaneLedger, LedgerConfig, LedgerTotals, LedgerWorkerReport,
+    MAX_LEDGER_RESPONSE_BYTES, TransferChecks, apply, match_lookup,
+};
+use crate::ledger::wire::{ID_BYTES, MAX_BATCH, Transfer};
 use crate::pacer::Pacer;
 use crate::plan::{HttpUrl, HttpVersion, Limits, LoadModel, PhasePlan};
 use crate::schedule::{LaneSchedule, MixPicker, mix_seed};
@@ -38,6 +43,8 @@ use crate::schedule::{LaneSchedule, MixPicker, mix_seed};
 pub const PROGRESS_PREFIX: &str = "REFBENCH_PROGRESS ";
 /// Prefix of the final report line on a loader's stdout.
 pub const REPORT_PREFIX: &str = "REFBENCH_WORKER ";
+/// Extra time a loader of a ledger phase may take after the phase to verify what it sent.
+pub const LEDGER_VERIFY_BUDGET_S: f64 = 120.0;
 
 /// What the coordinator tells one loader process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +75,9 @@ pub struct WorkerSpec {
     pub limits: Limits,
     /// This worker's share of the phase's request cap.
     pub max_requests: u64,
+    /// Ledger phases: the high 64 bits of every transfer id of this phase (random per phase and run, nonzero).
+    #[serde(default)]
+    pub ledger_nonce: u64,
 }
 
 /// One second of progress from one worker.
@@ -122,6 +132,9 @@ pub struct WorkerReport {
     pub wall_seconds: f64,
     /// Requests Goose counted (a cross-check of the two recording paths).
     pub goose_requests: u64,
+    /// Ledger phases: transfer counts, verification and expected balance changes.
+    #[serde(default)]
+    pub ledger: Option<LedgerWorkerReport>,
 }
 
 struct Stats {
@@ -140,6 +153,7 @@ struct Stats {
     errors: BTreeMap<String, u64>,
     first_send: Option<Instant>,
     last_done: Option<Instant>,
+    ledger: Option<LedgerTotals>,
 }
 
 impl Stats {
@@ -163,6 +177,7 @@ impl Stats {
             errors: BTreeMap::new(),
             first_send: None,
             last_done: None,
+            ledger: None,
         }
     }
 }
@@ -171,6 +186,7 @@ struct Lane {
     conn: Option<Conn>,
     schedule: Option<LaneSchedule>,
     rng: SmallRng,
+    ledger: Option<LaneLedger>,
 }
 
 struct Shared {
@@ -190,6 +206,10 @@ struct Shared {
     done: AtomicBool,
     /// Wakes the progress loop as soon as the last lane finishes, so a phase does not idle to the next tick.
     finished: tokio::sync::Notify,
+    /// Ledger phases: the generator's shared configuration.
+    ledger: Option<LedgerConfig>,
+    /// Ledger lanes handed back when they finish, for verification.
+    ledger_lanes: Mutex<Vec<LaneLedger>>,
 }
 
 /// CPU seconds (user + system) this process has used.
@@ -249,7 +269,12 @@ pub fn run(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
         .map_err(|e| RunError::io("pin loader", std::io::Error::other(e.to_string())))?;
     refbench_common::cpu::set_timer_slack_ns(1);
     // A hard stop in case anything hangs: the phase, one request timeout and a margin.
-    let deadline_s = spec.phase.duration_s + spec.limits.request_timeout_ms as f64 / 1000.0 + 30.0;
+    let verify_s = match &spec.phase.ledger {
+        Some(l) if l.verify => LEDGER_VERIFY_BUDGET_S,
+        _ => 0.0,
+    };
+    let deadline_s =
+        spec.phase.duration_s + spec.limits.request_timeout_ms as f64 / 1000.0 + 30.0 + verify_s;
     let start_in_s = (spec.start_unix_ns.saturating_sub(unix_ns_now())) as f64 / 1e9;
     let watchdog = Duration::from_secs_f64(deadline_s + start_in_s.min(60.0));
     std::thread::Builder::new()
@@ -286,6 +311,16 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
             .collect::<Vec<_>>(),
     );
     let timeout = Duration::from_millis(spec.limits.request_timeout_ms);
+    let ledger = spec
+        .phase
+        .ledger
+        .as_ref()
+        .map(|l| LedgerConfig::new(l, spec.ledger_nonce, spec.worker_index, &base));
+    if ledger.is_some() && spec.phase.http != HttpVersion::Http1 {
+        return Err(RunError::Goose(
+            "the ledger scenario speaks HTTP/1.1 only".into(),
+        ));
+    }
 
     // Connections are opened before the phase starts so the handshake is not part of the first latencies.
     let mut conns = Vec::with_capacity(spec.connections);
@@ -325,6 +360,7 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
             conn,
             schedule,
             rng: SmallRng::seed_from_u64(mix_seed(spec.phase.seed ^ 0xA5A5, global as u64)),
+            ledger: ledger.as_ref().map(|c| LaneLedger::new(c, local, global)),
         })));
     }
     drop(conns);
@@ -332,6 +368,8 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
     let start = instant_from_unix_ns(spec.start_unix_ns);
     let end = start + Duration::from_secs_f64(spec.phase.duration_s);
     let pacer = Pacer::start().map_err(|e| RunError::io("create pacing timer", e))?;
+    let mut stats = Stats::new();
+    stats.ledger = ledger.as_ref().map(|c| LedgerTotals::new(c.plan.accounts));
     let shared = Arc::new(Shared {
         pacer,
         start,
@@ -341,11 +379,13 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
         next_lane: AtomicUsize::new(0),
         active_lanes: AtomicUsize::new(spec.lanes),
         sent: AtomicU64::new(0),
-        stats: Mutex::new(Stats::new()),
+        stats: Mutex::new(stats),
         cpu_start: Mutex::new(None),
         cpu_end: Mutex::new(None),
         done: AtomicBool::new(false),
         finished: tokio::sync::Notify::new(),
+        ledger,
+        ledger_lanes: Mutex::new(Vec::new()),
         lanes,
         spec,
     });
@@ -364,6 +404,27 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
     shared.done.store(true, Ordering::Release);
     shared.finished.notify_one();
     let _ = progress.await;
+
+    // Ledger: verify what was sent (after the CPU window closed, so it is not part of the loader's cost).
+    let ledger_report = match &shared.ledger {
+        None => None,
+        Some(cfg) => {
+            let lanes = std::mem::take(&mut *shared.ledger_lanes.lock().expect("not poisoned"));
+            let mut totals = shared
+                .stats
+                .lock()
+                .expect("not poisoned")
+                .ledger
+                .take()
+                .expect("ledger phases keep totals");
+            let checks = if cfg.plan.verify {
+                Some(verify_ledger(&shared.spec, cfg, &lanes, &mut totals).await)
+            } else {
+                None
+            };
+            Some(LedgerWorkerReport::new(&totals, checks))
+        }
+    };
 
     let stats = shared.stats.lock().expect("not poisoned");
     let cpu_start = shared
@@ -395,7 +456,158 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
         cpu_seconds: (cpu_end - cpu_start).max(0.0),
         wall_seconds: end_at.saturating_duration_since(start).as_secs_f64(),
         goose_requests,
+        ledger: ledger_report,
     })
+}
+
+/// One `POST /transfers/lookup`: up to three attempts on a fresh connection when one breaks (lookups are
+/// idempotent). Leaves the found records in `resp`.
+async fn lookup_transfers(
+    spec: &WorkerSpec,
+    cfg: &LedgerConfig,
+    conn: &mut Option<Conn>,
+    ids: &[u8],
+    req: &mut Vec<u8>,
+    resp: &mut Vec<u8>,
+) -> Result<(), String> {
+    let timeout =
+        Duration::from_millis(spec.limits.request_timeout_ms).max(Duration::from_secs(10));
+    cfg.lookup_request(ids, req);
+    let mut last = String::new();
+    for _ in 0..3 {
+        if conn.as_ref().is_none_or(|c| !c.is_usable()) {
+            *conn = client::connect(spec.target_addr, HttpVersion::Http1, timeout)
+                .await
+                .ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            last = "connect failed".into();
+            continue;
+        };
+        match tokio::time::timeout(timeout, c.send_raw(req, resp, MAX_LEDGER_RESPONSE_BYTES)).await
+        {
+            Ok(Ok(x)) if x.status.as_u16() == 200 => return Ok(()),
+            Ok(Ok(x)) => {
+                last = format!(
+                    "POST /transfers/lookup answered {}: {}",
+                    x.status.as_u16(),
+                    String::from_utf8_lossy(&resp[..resp.len().min(200)])
+                );
+                if x.status.as_u16() != 503 {
+                    break;
+                }
+            }
+            Ok(Err(e)) => {
+                *conn = None;
+                last = format!("POST /transfers/lookup: {e}");
+            }
+            Err(_) => {
+                *conn = None;
+                last = "POST /transfers/lookup: timeout".into();
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Looks up `items` of `lane` (at most one batch) and counts what was found; returns which were present.
+async fn check_items(
+    spec: &WorkerSpec,
+    cfg: &LedgerConfig,
+    lane: &LaneLedger,
+    items: &[Item],
+    conn: &mut Option<Conn>,
+    bufs: &mut (Vec<u8>, Vec<u8>, Vec<u8>, Vec<Transfer>),
+    checks: &mut TransferChecks,
+) -> Option<Vec<bool>> {
+    let (ids, req, resp, expected) = bufs;
+    ids.clear();
+    expected.clear();
+    for item in items {
+        let t = cfg.stored_record(lane.lane, item);
+        ids.extend_from_slice(&t.id.to_le_bytes());
+        expected.push(t);
+    }
+    debug_assert_eq!(ids.len(), items.len() * ID_BYTES);
+    let found = lookup_transfers(spec, cfg, conn, ids, req, resp)
+        .await
+        .and_then(|()| match_lookup(expected, resp, checks));
+    match found {
+        Ok(present) => Some(present),
+        Err(e) => {
+            checks.lookup_errors += items.len() as u64;
+            checks.example(e);
+            None
+        }
+    }
+}
+
+/// Looks up every acknowledged and in-doubt transfer of this loader's lanes: acknowledged ones must be present
+/// with the fields sent; in-doubt ones found present were applied and join the expected balance changes.
+async fn verify_ledger(
+    spec: &WorkerSpec,
+    cfg: &LedgerConfig,
+    lanes: &[LaneLedger],
+    totals: &mut LedgerTotals,
+) -> TransferChecks {
+    let mut checks = TransferChecks::default();
+    let mut conn: Option<Conn> = None;
+    let mut bufs = (
+        Vec::with_capacity(MAX_BATCH * ID_BYTES),
+        Vec::new(),
+        Vec::new(),
+        Vec::with_capacity(MAX_BATCH),
+    );
+    let mut items: Vec<Item> = Vec::with_capacity(MAX_BATCH);
+    for lane in lanes {
+        let mut acked = lane.acked.iter();
+        loop {
+            items.clear();
+            items.extend(
+                acked
+                    .by_ref()
+                    .take(MAX_BATCH)
+                    .map(|k| lane.acked_item(cfg, k)),
+            );
+            if items.is_empty() {
+                break;
+            }
+            checks.acked += items.len() as u64;
+            let mismatches_before = checks.field_mismatches;
+            let Some(present) =
+                check_items(spec, cfg, lane, &items, &mut conn, &mut bufs, &mut checks).await
+            else {
+                continue;
+            };
+            let found = present.iter().filter(|&&p| p).count() as u64;
+            checks.verified_present += found - (checks.field_mismatches - mismatches_before);
+            for (item, p) in items.iter().zip(&present) {
+                if !p {
+                    checks.missing += 1;
+                    checks.example(format!(
+                        "acknowledged transfer {:#x} ({:?}) is missing",
+                        cfg.transfer_id(lane.lane, item.k),
+                        item.kind
+                    ));
+                }
+            }
+        }
+        for chunk in lane.in_doubt.chunks(MAX_BATCH) {
+            checks.in_doubt += chunk.len() as u64;
+            let Some(present) =
+                check_items(spec, cfg, lane, chunk, &mut conn, &mut bufs, &mut checks).await
+            else {
+                continue;
+            };
+            for (item, p) in chunk.iter().zip(&present) {
+                if *p {
+                    checks.in_doubt_applied += 1;
+                    apply(&mut totals.deltas, item);
+                }
+            }
+        }
+    }
+    checks
 }
 
 async fn run_goose(shared: Arc<Shared>) -> Result<u64, RunError> {
@@ -531,9 +743,34 @@ async fn run_lane(
                 .await
                 .ok();
         }
-        let result = match lane.conn.as_mut() {
-            None => Err(ClientError::Connect),
-            Some(conn) => match tokio::time::timeout(timeout, conn.send(template)).await {
+        // Ledger lanes build a fresh batch per send (only once a connection is there, so a failed connect sends
+        // nothing and leaves nothing in doubt).
+        let mut built = false;
+        let result = match (
+            lane.conn.as_mut(),
+            lane.ledger.as_mut(),
+            shared.ledger.as_ref(),
+        ) {
+            (None, _, _) => Err(ClientError::Connect),
+            (Some(conn), Some(lg), Some(cfg)) => {
+                if !lg.build(cfg) {
+                    if let Some(t) = shared.stats.lock().expect("not poisoned").ledger.as_mut() {
+                        t.lanes_stopped += 1;
+                    }
+                    break;
+                }
+                built = true;
+                match tokio::time::timeout(
+                    timeout,
+                    conn.send_raw(&lg.request, &mut lg.response, MAX_LEDGER_RESPONSE_BYTES),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(ClientError::Timeout),
+                }
+            }
+            (Some(conn), _, _) => match tokio::time::timeout(timeout, conn.send(template)).await {
                 Ok(r) => r,
                 Err(_) => Err(ClientError::Timeout),
             },
@@ -581,6 +818,15 @@ async fn run_lane(
                     *st.errors.entry(e.to_string()).or_insert(0) += 1;
                 }
             }
+            if built && let (Some(totals), Some(lg)) = (st.ledger.as_mut(), lane.ledger.as_mut()) {
+                let body = std::mem::take(&mut lg.response);
+                let outcome = match &result {
+                    Ok(x) => BatchOutcome::Response(x.status.as_u16(), &body),
+                    Err(_) => BatchOutcome::InDoubt,
+                };
+                lg.on_outcome(totals, outcome);
+                lg.response = body;
+            }
             if ok {
                 st.ok += 1;
                 st.interval_ok += 1;
@@ -606,6 +852,9 @@ async fn run_lane(
         if let Some(t) = think {
             shared.pacer.sleep_until(Instant::now() + t).await;
         }
+    }
+    if let Some(lg) = lane.ledger.take() {
+        shared.ledger_lanes.lock().expect("not poisoned").push(lg);
     }
     if shared.active_lanes.fetch_sub(1, Ordering::AcqRel) == 1 {
         *shared.cpu_end.lock().expect("not poisoned") =

@@ -13,6 +13,7 @@ use refbench_loadgen::plan::{self, Env};
 use refbench_loadgen::procs::Sampled;
 use refbench_loadgen::profile::Profile;
 use refbench_loadgen::result::{
+    LedgerResult, LedgerServerVerify, LedgerTransfers, LedgerTwoPhase, LedgerVerification,
     PhaseResult, ProcessResult, Requests, RunResult, SCHEMA_VERSION, SloCheck, SloReport,
     TargetInfo, WarmupSummary,
 };
@@ -315,6 +316,18 @@ method = "POST"
 path = "/echo"
 body = "{}"
 headers = { content-type = "application/json" }
+[[phases]]
+name = "ledger"
+target = "ext"
+model = "open"
+rate_rps = 100
+duration_s = 1
+connections = 2
+[phases.ledger]
+accounts = 100
+currencies = ["USD", "EUR"]
+batch_size = 4
+two_phase_ratio = 0.5
 "#,
         "synthetic",
     )
@@ -374,6 +387,50 @@ headers = { content-type = "application/json" }
                 BTreeMap::from([("requests_total".to_string(), 4.0)]),
             )]),
             goose_reports: vec!["goose/steps-w0.html".into()],
+            ledger: p.ledger.as_ref().map(|l| LedgerResult {
+                batch_size: l.batch_size,
+                accounts: l.accounts,
+                currencies: l.currencies.clone(),
+                accounts_created: 100,
+                transfers: LedgerTransfers {
+                    sent: 16,
+                    ok: 12,
+                    exists: 0,
+                    failed: 2,
+                    in_doubt: 2,
+                },
+                failed_by_code: BTreeMap::from([("exceeds_credits".to_string(), 2)]),
+                transfers_per_s: 12.0,
+                two_phase: LedgerTwoPhase {
+                    pending_created: 4,
+                    posted: 2,
+                    voided: 1,
+                    pending_unqueued: 0,
+                },
+                verification: Some(LedgerVerification {
+                    passed: false,
+                    acked: 12,
+                    verified_present: 11,
+                    missing: 1,
+                    in_doubt: 2,
+                    in_doubt_applied: 1,
+                    accounts_checked: 100,
+                    balance_mismatches: 2,
+                    currencies_balanced: BTreeMap::from([
+                        ("EUR".to_string(), true),
+                        ("USD".to_string(), false),
+                    ]),
+                    server_verify: Some(LedgerServerVerify {
+                        ok: true,
+                        records: 20,
+                        head_hash: "00ff".into(),
+                        balanced: BTreeMap::from([("USD".to_string(), true)]),
+                        errors: 0,
+                    }),
+                    failures: vec!["1 of 12 acknowledged transfers are missing".into()],
+                    ..LedgerVerification::default()
+                }),
+            }),
         })
         .collect();
     let checks: Vec<SloCheck> = phases
@@ -432,6 +489,9 @@ headers = { content-type = "application/json" }
             ok: 10,
             failed: 0,
         }],
+        correctness_failures: vec![
+            "phase `ledger`: 1 of 12 acknowledged transfers are missing".into(),
+        ],
     }
 }
 
@@ -478,7 +538,8 @@ fn schema_accepts_serde_output_and_rejects_drift() {
         "a RunResult serialized by serde does not match the schema:\n{}",
         errors.join("\n")
     );
-    assert!(base["calibration"].is_null() && base["phases"].as_array().unwrap().len() == 2);
+    assert!(base["calibration"].is_null() && base["phases"].as_array().unwrap().len() == 3);
+    assert!(base["phases"][0]["ledger"].is_null() && base["phases"][2]["ledger"].is_object());
 
     // (what, where the error must be reported, edit)
     let cases: Vec<(&str, &str, Edit)> = vec![
@@ -539,6 +600,46 @@ fn schema_accepts_serde_output_and_rejects_drift() {
             "slo passed with a failed check",
             "/slo/checks/0/passed",
             Box::new(|d| d["slo"]["passed"] = json!(true)),
+        ),
+        (
+            "ledger field removed",
+            // Nullable objects are `anyOf`: the violation is reported where the `anyOf` is.
+            "/phases/2/ledger",
+            Box::new(|d| remove(d, "/phases/2/ledger/verification", "balance_mismatches")),
+        ),
+        (
+            "unknown ledger field",
+            "/phases/2/ledger",
+            Box::new(|d| insert(d, "/phases/2/ledger/transfers", "lost", json!(1))),
+        ),
+        (
+            "ledger plan field removed",
+            "/profile/phases/3/ledger",
+            Box::new(|d| remove(d, "/profile/phases/3/ledger", "batch_size")),
+        ),
+        (
+            "server verify without its hash",
+            "/phases/2/ledger",
+            Box::new(|d| {
+                remove(
+                    d,
+                    "/phases/2/ledger/verification/server_verify",
+                    "head_hash",
+                )
+            }),
+        ),
+        (
+            "ledger verification passed with a missing transfer",
+            "/phases/2/ledger",
+            Box::new(|d| {
+                d["phases"][2]["ledger"]["verification"]["passed"] = json!(true);
+                d["phases"][2]["ledger"]["verification"]["failures"] = json!([]);
+            }),
+        ),
+        (
+            "correctness failures removed",
+            "",
+            Box::new(|d| remove(d, "", "correctness_failures")),
         ),
         (
             "other schema version",
