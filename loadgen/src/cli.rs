@@ -78,6 +78,8 @@ pub enum Command {
 pub enum ServeSystem {
     /// The floor: minimal hyper HTTP/1.1 + HTTP/2 server, calibration unit and known-latency server.
     Floor(refbench_floor::ServeArgs),
+    /// The ledger-writer: a durable double-entry ledger (see servers/ledger-writer/API.md).
+    Ledger(refbench_ledger::ServeArgs),
 }
 
 fn parse_targets(raw: &[String]) -> Result<Vec<(String, String)>, String> {
@@ -170,6 +172,13 @@ pub fn main(cli: Cli) -> i32 {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("error: floor: {e}");
+                    2
+                }
+            },
+            ServeSystem::Ledger(args) => match refbench_ledger::run(args) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: ledger: {e}");
                     2
                 }
             },

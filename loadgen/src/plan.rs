@@ -11,7 +11,7 @@ use crate::ledger::wire::{MAX_BATCH, currency_code};
 use crate::profile::{LedgerSection, PhaseSection, Profile, RequestSection, SloSection};
 
 /// Built-in systems `loadgen serve` and profiles know.
-pub const BUILTIN_SYSTEMS: &[&str] = &["floor"];
+pub const BUILTIN_SYSTEMS: &[&str] = &["floor", "ledger"];
 
 /// Longest phase we accept; longer soaks should be split into phases so results stay per-phase.
 pub const MAX_PHASE_DURATION_S: f64 = 24.0 * 3600.0;

@@ -1,7 +1,8 @@
 //! The ledger scenario end to end through the real `loadgen` binary against a small in-memory fake ledger written
 //! here (hyper on 127.0.0.1:0, just enough of `servers/ledger-writer/API.md`): a correct ledger passes every check,
 //! a ledger that stalls some requests past the timeout still passes (in-doubt transfers are resolved by lookup),
-//! and a ledger that silently drops every 100th acknowledged transfer fails the run with exit code 1.
+//! and a ledger that silently drops every 100th acknowledged transfer fails the run with exit code 1. The same
+//! profile also runs once against the real built-in ledger server (`builtin = "ledger"`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -414,19 +415,17 @@ struct Outcome {
     raw: Value,
 }
 
-fn run(dir: &Path, name: &str, addr: SocketAddr) -> Outcome {
+/// Runs `PROFILE` against the fake at `addr`, or against the built-in ledger server when `addr` is `None`.
+fn run(dir: &Path, name: &str, addr: Option<SocketAddr>) -> Outcome {
     let profile = dir.join(format!("{name}.toml"));
     std::fs::write(&profile, PROFILE).unwrap();
     let out = dir.join(name);
-    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .arg("run")
-        .arg(&profile)
-        .arg("--out")
-        .arg(&out)
-        .arg("--target")
-        .arg(format!("ledger=http://{addr}"))
-        .output()
-        .expect("loadgen runs");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    cmd.arg("run").arg(&profile).arg("--out").arg(&out);
+    if let Some(addr) = addr {
+        cmd.arg("--target").arg(format!("ledger=http://{addr}"));
+    }
+    let output = cmd.output().expect("loadgen runs");
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let text = std::fs::read_to_string(out.join("result.json"))
@@ -456,7 +455,7 @@ fn a_correct_ledger_passes_every_check() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (addr, fake) = start_fake(Mode::Correct);
-    let o = run(dir.path(), "correct", addr);
+    let o = run(dir.path(), "correct", Some(addr));
     println!("{}", o.stdout);
     assert_eq!(
         o.code, 0,
@@ -509,7 +508,7 @@ fn in_doubt_transfers_are_resolved_by_lookup() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (addr, _fake) = start_fake(Mode::Stall);
-    let o = run(dir.path(), "stall", addr);
+    let o = run(dir.path(), "stall", Some(addr));
     assert_eq!(
         o.code, 0,
         "stderr:\n{}\nfailures: {:?}",
@@ -544,7 +543,7 @@ fn a_ledger_that_drops_acknowledged_transfers_fails_the_run() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (addr, _fake) = start_fake(Mode::DropEvery100);
-    let o = run(dir.path(), "broken", addr);
+    let o = run(dir.path(), "broken", Some(addr));
     println!("{}\n{}", o.stdout, o.stderr);
     assert_eq!(o.code, 1, "stderr:\n{}", o.stderr);
     assert!(!o.result.correctness_failures.is_empty());
@@ -561,4 +560,27 @@ fn a_ledger_that_drops_acknowledged_transfers_fails_the_run() {
     assert!(v.balance_mismatches > 0, "{v:?}");
     assert!(o.stderr.contains("LEDGER CHECK FAILED"), "{}", o.stderr);
     assert!(o.stdout.contains("correctness: FAILED"), "{}", o.stdout);
+}
+
+#[test]
+fn the_builtin_ledger_server_passes_every_check() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), "builtin", None);
+    assert_eq!(
+        o.code, 0,
+        "stderr:\n{}\nstdout:\n{}\nfailures: {:?}",
+        o.stderr, o.stdout, o.result.correctness_failures
+    );
+    assert_eq!(schema_violations(&o.raw), Vec::<String>::new());
+    assert_eq!(o.result.targets[0].system.as_deref(), Some("ledger"));
+    for p in &o.result.phases {
+        let l = p.ledger.as_ref().expect("ledger figures");
+        let v = l.verification.as_ref().expect("verified");
+        assert!(v.passed, "{}: {:?}", p.name, v.failures);
+        assert_eq!(v.verified_present, v.acked);
+        assert!(v.acked > 0);
+        let sv = v.server_verify.as_ref().expect("GET /verify stored");
+        assert!(sv.ok && !sv.head_hash.is_empty());
+    }
 }
