@@ -15,7 +15,7 @@ use refbench_common::shutdown::{self, Shutdown};
 use crate::api::{LedgerApp, MAX_REQUEST_BODY_BYTES};
 use crate::checkpoint;
 use crate::error::LedgerError;
-use crate::log::{Log, LogConfig, OnDamage, RecoveryReport, Resume};
+use crate::log::{Log, LogConfig, LogError, OnDamage, RecoveryReport, Resume};
 use crate::metrics::LedgerMetrics;
 use crate::state::{Limits, State};
 use crate::types::RecordKind;
@@ -137,8 +137,9 @@ pub struct ServePlan {
 }
 
 /// Upper bounds of the numeric flags.
-const MAX_SEGMENT_BYTES: u64 = 1 << 32;
-const MIN_SEGMENT_BYTES: u64 = 1 << 16;
+const MAX_SEGMENT_BYTES: u64 = crate::log::MAX_SEGMENT_BYTES;
+/// A segment must hold at least one maximal record (header + a full batch).
+const MIN_SEGMENT_BYTES: u64 = (MAX_RECORD_PAYLOAD_BYTES + crate::log::RECORD_HEADER_BYTES) as u64;
 const MAX_QUEUE: usize = 1 << 20;
 const MAX_THREADS: usize = 256;
 
@@ -254,39 +255,90 @@ pub fn open_ledger(
         path: log_dir.clone(),
         source,
     })?;
-    let loaded = checkpoint::load_latest(data_dir)?;
-    let skipped: Vec<String> = loaded
-        .skipped
-        .iter()
-        .map(|s| format!("{}: {}", s.path.display(), s.error))
-        .collect();
-    let (mut state, resume, checkpoint_seq, skipped_checkpoints) = match loaded.loaded {
-        Some(c) => {
-            let state = State::restore(&c.state, limits).map_err(|e| LedgerError::Snapshot {
-                path: c.path.clone(),
-                reason: e.to_string(),
-            })?;
-            (
-                state,
-                Some(Resume {
-                    seq: c.seq,
-                    hash: c.head_hash,
-                }),
-                Some(c.seq),
-                skipped,
-            )
-        }
-        None => (State::new(limits), None, None, skipped),
-    };
-    let mut replayed_records = 0u64;
     let cfg = LogConfig {
         segment_bytes,
+        // Every record the writer makes is one request's applied items or one chunk of expiries, both at most a
+        // full batch of 128-byte records; a tighter limit lets small segments work.
+        max_record_payload_bytes: MAX_RECORD_PAYLOAD_BYTES as u32,
         on_damage: match on_damage {
             DamagePolicy::Truncate => OnDamage::Truncate,
             DamagePolicy::Refuse => OnDamage::Refuse,
         },
         ..LogConfig::new(data_dir)
     };
+    // Newest checkpoint first, then older ones, then a full replay. A checkpoint that the log does not match (its
+    // record lies in damage or past the end) cannot vouch for that log: under the truncate policy it is set aside and
+    // the next candidate is tried, so damage covered by the newest checkpoint is cut like any other; under the
+    // refuse policy recovery stops there, naming it.
+    let mut skipped_checkpoints: Vec<String> = Vec::new();
+    let mut candidates = checkpoint::list(data_dir)?.into_iter();
+    loop {
+        let candidate = match candidates.next() {
+            Some((_, path)) => match checkpoint::load(&path) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    skipped_checkpoints.push(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let (state, resume, path) = match &candidate {
+            Some(c) => {
+                let state =
+                    State::restore(&c.state, limits).map_err(|e| LedgerError::Snapshot {
+                        path: c.path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let resume = Resume {
+                    seq: c.seq,
+                    hash: c.head_hash,
+                };
+                (state, Some(resume), Some(c.path.clone()))
+            }
+            None => (State::new(limits), None, None),
+        };
+        match replay_log(cfg.clone(), state, resume) {
+            Ok((state, log, report, replayed_records)) => {
+                return Ok(Recovered {
+                    state,
+                    log,
+                    report,
+                    checkpoint_seq: resume.map(|r| r.seq),
+                    skipped_checkpoints,
+                    replayed_records,
+                    elapsed: started.elapsed(),
+                });
+            }
+            Err(LedgerError::Log(
+                e @ (LogError::CheckpointBeyondLog { .. } | LogError::CheckpointMismatch { .. }),
+            )) if on_damage == DamagePolicy::Truncate => {
+                let path = path.expect("only a checkpoint can mismatch the log");
+                let aside = set_aside(&cfg.quarantine_dir, &path)?;
+                skipped_checkpoints.push(format!(
+                    "{}: {e}; moved to {}",
+                    path.display(),
+                    aside.display()
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Largest payload of one log record: a full batch of 128-byte records (an expiry record holds at most as many
+/// bytes of 16-byte ids).
+pub const MAX_RECORD_PAYLOAD_BYTES: usize = crate::types::MAX_BATCH * crate::types::RECORD_BYTES;
+
+type Replayed = (State, Log, RecoveryReport, u64);
+
+/// Opens the log after `resume`, replaying every later record into `state`.
+fn replay_log(
+    cfg: LogConfig,
+    mut state: State,
+    resume: Option<Resume>,
+) -> Result<Replayed, LedgerError> {
+    let mut replayed_records = 0u64;
     let (log, report) = Log::open(cfg, resume, |rec| {
         let kind = RecordKind::from_u16(rec.kind).ok_or_else(|| LedgerError::Replay {
             seq: rec.seq,
@@ -301,15 +353,25 @@ pub fn open_ledger(
         replayed_records += 1;
         Ok::<(), LedgerError>(())
     })?;
-    Ok(Recovered {
-        state,
-        log,
-        report,
-        checkpoint_seq,
-        skipped_checkpoints,
-        replayed_records,
-        elapsed: started.elapsed(),
-    })
+    Ok((state, log, report, replayed_records))
+}
+
+/// Moves a checkpoint the log cannot vouch for into the quarantine folder (never deleted: an operator may want it).
+fn set_aside(quarantine: &Path, path: &Path) -> Result<PathBuf, LedgerError> {
+    std::fs::create_dir_all(quarantine).map_err(|source| LedgerError::DataDir {
+        path: quarantine.to_path_buf(),
+        source,
+    })?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    let to = quarantine.join(format!("{name}.stale"));
+    std::fs::rename(path, &to).map_err(|source| LedgerError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(to)
 }
 
 /// A ledger server running on the caller's runtime (see [`start`]).

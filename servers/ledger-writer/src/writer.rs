@@ -275,11 +275,11 @@ impl Writer {
         let expired = self.state.expire(now, &mut self.payload);
         let mut push_error = None;
         if expired > 0 {
-            if let Err(e) = self
-                .log
-                .push(RecordKind::Expiries as u16, now, &self.payload)
-            {
-                push_error = Some(e);
+            // However many expire at once, each record stays within the log's payload limit.
+            for chunk in self.payload.chunks(crate::server::MAX_RECORD_PAYLOAD_BYTES) {
+                if let Err(e) = self.log.push(RecordKind::Expiries as u16, now, chunk) {
+                    push_error.get_or_insert(e);
+                }
             }
             self.metrics.expired.increment(expired as u64);
         }

@@ -33,9 +33,8 @@ const USD_ACCOUNTS: u128 = 12;
 const MISSING_ACCOUNT: u128 = 999_999;
 /// Connections driving load.
 const CONNS: usize = 4;
-/// The smallest `--segment-bytes` the server accepts at start-up today (see the `faults` test
-/// `small_segment_bytes_start`): a segment must hold a 16 MiB record.
-const SEGMENT_BYTES: &str = "16777280";
+/// Small segments (2 MiB; the minimum is one full batch record) so segments roll during the test.
+const SEGMENT_BYTES: &str = "2097152";
 /// A checkpoint every 2 MiB of log: several per run, restarts resume from them.
 const CHECKPOINT_EVERY_BYTES: &str = "2097152";
 

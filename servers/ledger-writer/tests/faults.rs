@@ -6,7 +6,7 @@
 //! The layout: 11 records (accounts + 10 transfers) and a checkpoint written by a SIGTERM shutdown, then 120
 //! records of one transfer each written by a second run that is SIGKILLed (so no newer checkpoint covers them).
 //! Damage goes into that second part. Damage a shutdown checkpoint already covers is
-//! `damage_covered_by_the_shutdown_checkpoint` (ignored: it documents a bug).
+//! `damage_covered_by_the_shutdown_checkpoint`.
 
 mod common;
 
@@ -289,14 +289,10 @@ async fn record_cut_out_of_the_middle() {
     assert_recovers(&s, k, r.offset, "corruption", &reason, &[]).await;
 }
 
-/// BUG (ignored so CI stays green; run with `--ignored`): damage at or before the record of the newest checkpoint
-/// makes the server refuse to start under the default `--on-damage truncate` ("checkpoint at record N is beyond
-/// the valid log"), although that policy is documented as "keep everything before the damage, quarantine the
-/// rest, and serve". A SIGTERM always leaves such a checkpoint at the head, so after a clean shutdown a torn last
-/// record (or any damage in the checkpoint's segment) leaves a ledger that does not start until someone deletes
-/// the checkpoint files by hand.
+/// Damage at or before the record of the newest checkpoint (a SIGTERM always leaves one at the head): under the
+/// default `--on-damage truncate` the server sets that checkpoint aside, falls back to an older one or a full
+/// replay, cuts the damage and serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: damage before the newest checkpoint makes --on-damage truncate refuse to start"]
 async fn damage_covered_by_the_shutdown_checkpoint() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
@@ -336,20 +332,27 @@ async fn damage_covered_by_the_shutdown_checkpoint() {
     );
 }
 
-/// BUG (ignored so CI stays green; run with `--ignored`): `--segment-bytes` is validated as 65536..=2^32, but the
-/// log requires a segment to hold a maximal record of 16 MiB + 64 bytes, so every value below 16777280 passes the
-/// flag check and then fails at start-up ("a maximal record (16777280 bytes ...) does not fit in segment_bytes").
+/// `--segment-bytes` at its documented minimum (one maximal record: a full batch plus the header) starts, and below
+/// it the flag is refused naming the bound.
 #[test]
-#[ignore = "server bug: --segment-bytes below 16 MiB + 64 is accepted by the flag check and then fails to start"]
 fn small_segment_bytes_start() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    match Server::try_start(&tmp.path().join("data"), &["--segment-bytes", "65536"]) {
+    let min = (refbench_ledger::server::MAX_RECORD_PAYLOAD_BYTES + 64).to_string();
+    match Server::try_start(&tmp.path().join("data"), &["--segment-bytes", &min]) {
         Ok(s) => {
             s.term();
         }
         Err(f) => panic!(
-            "--segment-bytes 65536 (the documented minimum) did not start: {}",
+            "--segment-bytes {min} (the documented minimum) did not start: {}",
             f.stderr
         ),
+    }
+    let below = (refbench_ledger::server::MAX_RECORD_PAYLOAD_BYTES + 63).to_string();
+    match Server::try_start(&tmp.path().join("data2"), &["--segment-bytes", &below]) {
+        Ok(s) => {
+            s.term();
+            panic!("--segment-bytes {below} was accepted");
+        }
+        Err(f) => assert!(f.stderr.contains("--segment-bytes"), "{}", f.stderr),
     }
 }
