@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# ledger-batch-curve.sh: the built-in ledger's throughput and latency against batch size, at equal durability.
+#
+# For each batch size (1, 10, 100, 1000, 8190) a fresh `loadgen run` starts the built-in ledger (one server core,
+# every acknowledged request made durable by the same group commit: one write + one fdatasync per group) and drives
+# it closed-loop (CONNS connections, no think time) for DUR seconds: that is the capacity at that batch size. Then
+# single transfers (batch 1) run open-loop at half of their measured capacity, for the issue's p99 target.
+# Every run verifies the ledger afterwards (every acknowledged transfer present, balances, GET /verify); a run that
+# fails verification fails the script.
+#
+# Output: a table on stdout and a JSON document (per-batch transfers/s, requests/s, latency p50/p99/p99.9, server CPU
+# per transfer, the half-capacity run, host fingerprint, command) in $OUT.
+#
+# Usage: scripts/ledger-batch-curve.sh [--quick]
+#   env DUR seconds per run (10), CONNS (16), ROUNDS (3; the median round is reported), OUT
+#       (results/baselines/ledger-batch-curve.json), KEEP_TMP=1 keeps the temporary folder.
+#   --quick: ROUNDS=1 DUR=3, OUT defaults to ${TMPDIR:-/tmp}/ledger-batch-curve.quick.json.
+# All traffic goes to 127.0.0.1; every run is bounded by DUR, the profile's caps and `timeout`.
+set -euo pipefail
+
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+
+QUICK=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) QUICK=1 ;;
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        *)
+            echo "ledger-batch-curve: unknown argument: $arg (try --help)" >&2
+            exit 2
+            ;;
+    esac
+done
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+if [[ $QUICK == 1 ]]; then
+    DUR=${DUR:-3}
+    ROUNDS=${ROUNDS:-1}
+    OUT=${OUT:-${TMPDIR:-/tmp}/ledger-batch-curve.quick.json}
+else
+    DUR=${DUR:-10}
+    ROUNDS=${ROUNDS:-3}
+    OUT=${OUT:-results/baselines/ledger-batch-curve.json}
+fi
+CONNS=${CONNS:-16}
+BATCHES=(1 10 100 1000 8190)
+
+command -v python3 >/dev/null || { echo "ledger-batch-curve: needs python3" >&2; exit 2; }
+cargo build --release -p refbench-loadgen --bin loadgen >&2
+LOADGEN="$ROOT/target/release/loadgen"
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/ledger-curve.XXXXXX")
+cleanup() { [[ ${KEEP_TMP:-0} == 1 ]] && echo "kept $TMP" >&2 || rm -rf "$TMP"; }
+trap cleanup EXIT
+
+# One profile per run: a short warm-up (creates the accounts), then the measured phase.
+profile() { # name model batch [rate]
+    local name=$1 model=$2 batch=$3 rate=${4:-}
+    local load
+    if [[ $model == closed ]]; then
+        load="model = \"closed\""
+    else
+        load="model = \"open\"
+arrival = \"poisson\"
+rate_rps = $rate"
+    fi
+    cat >"$TMP/$name.toml" <<EOF
+name = "ledger-curve-$name"
+[run]
+request_timeout_ms = 10000
+max_duration_s = $((DUR * 3 + 60))
+[calibration]
+enabled = false
+[targets.ledger]
+builtin = "ledger"
+[[phases]]
+name = "warmup"
+target = "ledger"
+warmup = true
+model = "closed"
+duration_s = 2
+connections = 4
+[phases.ledger]
+accounts = 10_000
+batch_size = $batch
+[[phases]]
+name = "measured"
+target = "ledger"
+$load
+duration_s = $DUR
+connections = $CONNS
+[phases.ledger]
+accounts = 10_000
+batch_size = $batch
+zipf_exponent = 1.0
+EOF
+}
+
+run() { # name -> prints the result path
+    local name=$1
+    local out="$TMP/out-$name"
+    if ! timeout $((DUR * 3 + 120)) "$LOADGEN" run "$TMP/$name.toml" --out "$out" >"$TMP/$name.log" 2>&1; then
+        echo "ledger-batch-curve: run $name failed; log:" >&2
+        tail -30 "$TMP/$name.log" >&2
+        exit 1
+    fi
+    echo "$out/result.json"
+}
+
+RESULTS=()
+for round in $(seq 1 "$ROUNDS"); do
+    for b in "${BATCHES[@]}"; do
+        profile "closed-b$b-r$round" closed "$b"
+        RESULTS+=("closed:$b:$round:$(run "closed-b$b-r$round")")
+        echo "round $round batch $b done" >&2
+    done
+done
+
+# Half of the median single-transfer capacity, open loop.
+HALF=$(python3 - "${RESULTS[@]}" <<'EOF'
+import json, statistics, sys
+caps = []
+for arg in sys.argv[1:]:
+    kind, b, r, path = arg.split(":", 3)
+    if b == "1":
+        p = [p for p in json.load(open(path))["phases"] if p["name"] == "measured"][0]
+        caps.append(p["achieved_rate_rps"])
+print(f"{statistics.median(caps) / 2:.0f}")
+EOF
+)
+for round in $(seq 1 "$ROUNDS"); do
+    profile "half-b1-r$round" open 1 "$HALF"
+    RESULTS+=("half:1:$round:$(run "half-b1-r$round")")
+done
+
+python3 - "$OUT" "$HALF" "$DUR" "$CONNS" "$ROUNDS" "$*" "${RESULTS[@]}" <<'EOF'
+import json, os, platform, statistics, subprocess, sys, time
+out, half, dur, conns, rounds, args = sys.argv[1:7]
+runs = {}
+host = None
+for arg in sys.argv[7:]:
+    kind, b, r, path = arg.split(":", 3)
+    res = json.load(open(path))
+    host = host or res["host"]
+    p = [p for p in res["phases"] if p["name"] == "measured"][0]
+    led = p["ledger"]
+    ver = led.get("verification") or {}
+    if not ver.get("passed", False):
+        sys.exit(f"verification failed in {path}: {ver.get('failures')}")
+    server = [x for x in p["processes"] if x["role"] == "server"]
+    xfers = led["transfers"]["ok"]
+    cpu_us_per_transfer = (server[0]["cpu_seconds"] * 1e6 / xfers) if server and xfers else None
+    runs.setdefault((kind, int(b)), []).append({
+        "round": int(r),
+        "transfers_per_s": led["transfers_per_s"],
+        "requests_per_s": p["achieved_rate_rps"],
+        "latency_us_p50": p["latency_us"]["p50"],
+        "latency_us_p99": p["latency_us"]["p99"],
+        "latency_us_p999": p["latency_us"]["p999"],
+        "server_cpu_us_per_transfer": cpu_us_per_transfer,
+        "failed": p["requests"]["failed"],
+        "valid": res["valid"],
+    })
+def med(rows, key):
+    vals = [r[key] for r in rows if r[key] is not None]
+    return statistics.median(vals) if vals else None
+curve = []
+for (kind, b), rows in sorted(runs.items()):
+    curve.append({
+        "kind": "capacity (closed loop)" if kind == "closed" else "half capacity (open loop)",
+        "batch_size": b,
+        "transfers_per_s_median": med(rows, "transfers_per_s"),
+        "requests_per_s_median": med(rows, "requests_per_s"),
+        "latency_us_p50_median": med(rows, "latency_us_p50"),
+        "latency_us_p99_median": med(rows, "latency_us_p99"),
+        "latency_us_p999_median": med(rows, "latency_us_p999"),
+        "server_cpu_us_per_transfer_median": med(rows, "server_cpu_us_per_transfer"),
+        "rounds": rows,
+    })
+commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip())
+doc = {
+    "what": "ledger-writer throughput and latency against batch size at equal durability (every request acknowledged "
+            "only after its group's fdatasync); closed loop = capacity, then batch 1 open loop at half capacity",
+    "command": f"scripts/ledger-batch-curve.sh {args}".strip(),
+    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    "git": {"commit": commit, "dirty": dirty},
+    "settings": {"duration_s": int(dur), "connections": int(conns), "rounds": int(rounds), "half_capacity_rps": float(half)},
+    "host": host,
+    "curve": curve,
+}
+os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+with open(out, "w") as f:
+    json.dump(doc, f, indent=2)
+    f.write("\n")
+print(f"{'run':<28}{'batch':>6}{'transfers/s':>14}{'req/s':>10}{'p50 us':>9}{'p99 us':>9}{'srv us/xfer':>13}")
+for c in curve:
+    cpu = c["server_cpu_us_per_transfer_median"]
+    print(f"{c['kind']:<28}{c['batch_size']:>6}{c['transfers_per_s_median']:>14.0f}{c['requests_per_s_median']:>10.0f}"
+          f"{c['latency_us_p50_median']:>9.0f}{c['latency_us_p99_median']:>9.0f}{(cpu if cpu is not None else float('nan')):>13.2f}")
+print(f"wrote {out}")
+EOF
