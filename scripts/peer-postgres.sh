@@ -195,7 +195,7 @@ timeout 90 taskset -c "$SERVER_CPU" "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -
 PG_STARTED=1
 PSQL=(timeout 600 psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres)
 PG_VERSION=$("${PSQL[@]}" -At -d postgres -c "SELECT version()")
-PG_SETTINGS=$("${PSQL[@]}" -At -d postgres -c "SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ' ' ORDER BY name) FROM pg_settings WHERE name IN ('synchronous_commit','fsync','full_page_writes','wal_sync_method','shared_buffers','max_wal_size','wal_level','max_connections','commit_delay','wal_compression')")
+PG_SETTINGS=$("${PSQL[@]}" -At -d postgres -c "SELECT string_agg(name || '=' || current_setting(name), ' ' ORDER BY name) FROM pg_settings WHERE name IN ('synchronous_commit','fsync','full_page_writes','wal_sync_method','shared_buffers','max_wal_size','wal_level','max_connections','commit_delay','wal_compression')")
 log "$PG_SETTINGS"
 [[ $PG_SETTINGS == *"synchronous_commit=on"* && $PG_SETTINGS == *"fsync=on"* ]] || die "durability settings not in force: $PG_SETTINGS"
 conninfo() { echo "host=127.0.0.1 port=$PGPORT user=postgres dbname=$1"; }
@@ -326,6 +326,11 @@ for spec in runs:
             "p50_us": p["latency_us"]["p50"],
             "p99_us": p["latency_us"]["p99"],
             "verified": v.get("passed"),
+            # Cores the loader processes (and, for the built-in ledger, the server process) used during the phase:
+            # a loader near 1.0 means the figure is bounded by the loader, not by the server.
+            "loader_cpu_cores": round(sum(x.get("cpu_cores_used") or 0 for x in p["processes"] if x["role"] == "loader"), 2),
+            "server_cpu_cores": round(sum(x.get("cpu_cores_used") or 0 for x in p["processes"] if x["role"] == "server"), 2)
+                                if any(x["role"] == "server" for x in p["processes"]) else None,
         }
         round_entry["phases"][p["name"]] = fig
         per.setdefault((system, p["name"]), []).append(fig)
@@ -347,6 +352,7 @@ for name in phases:
             "p50_us_median": statistics.median(f["p50_us"] for f in figs),
             "p99_us_median": statistics.median(f["p99_us"] for f in figs),
             "all_verified": all(f["verified"] for f in figs),
+            "loader_cpu_cores_median": statistics.median(f["loader_cpu_cores"] for f in figs),
         }
     if "ledger" in row and "postgres" in row and row["postgres"]["transfers_per_s_median"] > 0:
         row["transfers_per_s_ratio"] = round(row["ledger"]["transfers_per_s_median"] / row["postgres"]["transfers_per_s_median"], 2)
@@ -393,13 +399,14 @@ with open(tmp, "w") as f:
     f.write("\n")
 os.replace(tmp, out)
 
-print(f"{'phase':<16} {'ledger t/s':>12} {'postgres t/s':>13} {'ratio':>7} {'ledger p50/p99 us':>20} {'postgres p50/p99 us':>22}")
+print(f"{'phase':<16} {'ledger t/s':>12} {'postgres t/s':>13} {'ratio':>7} {'ledger p50/p99 us':>20} {'postgres p50/p99 us':>22} {'loader cores (l/pg)':>20}")
 for name in phases:
     row = summary[name]
     l, p = row.get("ledger", {}), row.get("postgres", {})
     print(f"{name:<16} {l.get('transfers_per_s_median', 0):>12.0f} {p.get('transfers_per_s_median', 0):>13.0f} "
           f"{row.get('transfers_per_s_ratio', float('nan')):>7.2f} "
-          f"{l.get('p50_us_median', 0):>9.0f}/{l.get('p99_us_median', 0):<10.0f} {p.get('p50_us_median', 0):>10.0f}/{p.get('p99_us_median', 0):<10.0f}")
+          f"{l.get('p50_us_median', 0):>9.0f}/{l.get('p99_us_median', 0):<10.0f} {p.get('p50_us_median', 0):>10.0f}/{p.get('p99_us_median', 0):<10.0f} "
+          f"{l.get('loader_cpu_cores_median', 0):>9.2f}/{p.get('loader_cpu_cores_median', 0):<.2f}")
 print(f"capacity (best closed-loop phase): ledger {best_ledger:.0f} vs PostgreSQL {best_pg:.0f} transfers/s, "
       f"ratio {headline['ratio_best_vs_best']} (target >= {target}: {'met' if headline['meets_target'] else 'NOT met'})")
 bad = [f"{r['system']} round {r['round']}" for r in rounds if r["correctness_failures"]]

@@ -134,7 +134,7 @@ fn adapter_end_to_end() {
     let (stop_tx, stop_rx) = watch::channel(false);
     rt.spawn(crate::serve(
         listener,
-        db,
+        db.clone(),
         Arc::new(Semaphore::new(64)),
         stop_rx,
         false,
@@ -317,6 +317,26 @@ fn adapter_end_to_end() {
     assert_eq!(h.codes(&[resolve(36, 33, 0, F::VOID)]), vec![0]);
     assert_eq!(h.balances(b)[0], b0[0], "every reservation resolved");
     assert_eq!(h.balances(c)[2], c0[2]);
+
+    // A reservation with a 1 s timeout: after the deadline a post answers expired, and the sweeper releases it.
+    let b1 = h.balances(b);
+    assert_eq!(
+        h.codes(&[Transfer {
+            timeout_s: 1,
+            ..xfer(37, b, c, 4, F::PENDING)
+        }]),
+        vec![0]
+    );
+    assert_eq!(h.balances(b)[0], b1[0] + 4);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        h.codes(&[resolve(38, 37, 0, F::POST)]),
+        vec![25],
+        "pending_transfer_expired"
+    );
+    assert!(rt.block_on(db.expire()).unwrap() >= 1);
+    assert_eq!(h.balances(b), b1, "the expired reservation is released");
+    assert_eq!(h.codes(&[resolve(39, 37, 0, F::VOID)]), vec![25]);
 
     // Overflow at u128::MAX.
     assert_eq!(h.codes(&[xfer(40, f, g, u128::MAX - 1, 0)]), vec![0]);
