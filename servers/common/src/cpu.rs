@@ -22,6 +22,21 @@ pub fn available_cpus() -> usize {
     }
 }
 
+/// Checks a `--cpus` list against the cores this host has; returns it sorted and deduplicated, or the reason it
+/// was refused (the caller names the flag).
+pub fn validate_cpus(cpus: &[usize]) -> Result<Vec<usize>, String> {
+    let available = available_cpus();
+    if let Some(bad) = cpus.iter().find(|&&c| c >= available) {
+        return Err(format!(
+            "cpu {bad} does not exist: this host has cpus 0..{available}"
+        ));
+    }
+    let mut cpus = cpus.to_vec();
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
 /// Pins the calling thread (and so every thread it spawns later) to `cpus`.
 ///
 /// An empty slice is a no-op. Fails without touching the mask if an index is

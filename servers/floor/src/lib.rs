@@ -29,7 +29,7 @@ use std::time::Duration;
 use refbench_common::admin::{metrics_handle, serve_admin};
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
-use refbench_common::cpu::{available_cpus, pin_to_cpus};
+use refbench_common::cpu::{pin_to_cpus, validate_cpus};
 use refbench_common::http::{Limits, serve_http};
 use refbench_common::shutdown::{self, Shutdown};
 use tokio::task::JoinHandle;
@@ -198,16 +198,7 @@ impl ServeArgs {
                 format!("must be between 1 and {MAX_THREADS}, got {}", self.threads),
             ));
         }
-        let available = available_cpus();
-        if let Some(bad) = self.cpus.iter().find(|&&c| c >= available) {
-            return Err(FloorError::invalid(
-                "--cpus",
-                format!("cpu {bad} does not exist: this host has cpus 0..{available}"),
-            ));
-        }
-        let mut cpus = self.cpus.clone();
-        cpus.sort_unstable();
-        cpus.dedup();
+        let cpus = validate_cpus(&self.cpus).map_err(|r| FloorError::invalid("--cpus", r))?;
         if self.max_connections == 0 || self.max_connections > MAX_CONNECTIONS {
             return Err(FloorError::invalid(
                 "--max-connections",

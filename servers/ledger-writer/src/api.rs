@@ -391,11 +391,7 @@ fn error(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
 fn json<T: serde::Serialize + ?Sized>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(v)
         .unwrap_or_else(|e| format!("{{\"error\":\"encode: {e}\"}}").into_bytes());
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
+    json_bytes(status, body)
 }
 
 fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {

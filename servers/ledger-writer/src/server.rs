@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use refbench_common::admin::{metrics_handle, serve_admin};
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
-use refbench_common::cpu::{available_cpus, pin_to_cpus};
+use refbench_common::cpu::{pin_to_cpus, validate_cpus};
 use refbench_common::http::{Limits as HttpLimits, serve_http};
 use refbench_common::shutdown::{self, Shutdown};
 
@@ -185,16 +185,7 @@ impl ServeArgs {
             1,
             1_000_000,
         )?;
-        let available = available_cpus();
-        if let Some(bad) = self.cpus.iter().find(|&&c| c >= available) {
-            return Err(LedgerError::invalid(
-                "--cpus",
-                format!("cpu {bad} does not exist: this host has cpus 0..{available}"),
-            ));
-        }
-        let mut cpus = self.cpus.clone();
-        cpus.sort_unstable();
-        cpus.dedup();
+        let cpus = validate_cpus(&self.cpus).map_err(|r| LedgerError::invalid("--cpus", r))?;
         Ok(ServePlan {
             bind: self.bind,
             admin_bind: self.admin_bind,

@@ -7,10 +7,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::log::{self, DurablePosition};
+use crate::log::{self, DurablePosition, hex};
 use crate::state::{CurrencyTotals, Limits, State};
 use crate::types::{RecordKind, currency_to_string};
-use crate::writer::hex;
 
 /// Per-currency sums of a verified history.
 #[derive(Debug, Clone, Serialize)]

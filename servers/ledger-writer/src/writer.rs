@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::checkpoint;
 use crate::codec::Records;
-use crate::log::{CommitStats, DurablePosition, Log};
+use crate::log::{CommitStats, DurablePosition, Log, hex};
 use crate::metrics::LedgerMetrics;
 use crate::state::State;
 use crate::types::{Account, ItemResult, RecordKind, Transfer};
@@ -455,14 +455,4 @@ fn op_items(op: &Op) -> usize {
         Op::History { limit, .. } => *limit,
         Op::Status => 1,
     }
-}
-
-/// Lower-case hex of a hash.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
