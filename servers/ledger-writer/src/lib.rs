@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod checkpoint;
+pub mod chunks;
 pub mod codec;
 pub mod error;
 pub mod log;

@@ -31,7 +31,8 @@ pub struct LedgerMetrics {
     pub expired: Counter,
     /// `ledger_checkpoints_total`: checkpoints written.
     pub checkpoints: Counter,
-    /// `ledger_snapshot_seconds`: time the writer spent serializing a checkpoint snapshot.
+    /// `ledger_snapshot_seconds`: time the writer thread spent taking a checkpoint's consistent copy of the state
+    /// (encoding and writing it happen on the checkpoint thread).
     pub snapshot_seconds: Histogram,
 }
 

@@ -42,6 +42,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use foldhash::fast::RandomState;
 
+use crate::chunks::{Chunks, Frozen};
 use crate::codec::{self, Records};
 use crate::types::{
     Account, ItemResult, RECORD_BYTES, RecordKind, ResultCode, Transfer, account_flags,
@@ -330,8 +331,9 @@ enum Mode {
 pub struct State {
     limits: Limits,
     accounts: IdMap<AccountEntry>,
-    /// Stored forms in commit order, so indexes ascend with timestamps.
-    transfers: Vec<Transfer>,
+    /// Stored forms in commit order, so indexes ascend with timestamps. Chunked so a checkpoint can take a
+    /// consistent copy without stalling the writer ([`State::freeze`]).
+    transfers: Chunks<Transfer>,
     /// Parallel to `transfers`.
     status: Vec<PendingStatus>,
     transfer_index: IdMap<u32>,
@@ -341,6 +343,44 @@ pub struct State {
     last_timestamp_ns: u64,
     /// Kept across batches so a chain does not allocate.
     undo: Vec<Undo>,
+}
+
+/// A consistent copy of a [`State`] taken by [`State::freeze`], to be encoded off the writer thread.
+#[derive(Debug, Clone)]
+pub struct FrozenState {
+    last_timestamp_ns: u64,
+    /// In map order; [`FrozenState::encode`] sorts them by creation.
+    accounts: Vec<Account>,
+    transfers: Frozen<Transfer>,
+    status: Vec<PendingStatus>,
+}
+
+impl FrozenState {
+    /// Size of the encoded snapshot.
+    pub fn encoded_len(&self) -> usize {
+        SNAPSHOT_HEADER_BYTES
+            + self.accounts.len() * RECORD_BYTES
+            + self.transfers.len() * (RECORD_BYTES + 1)
+    }
+
+    /// Appends the snapshot bytes described at [`State::snapshot`].
+    pub fn encode(mut self, out: &mut Vec<u8>) {
+        out.reserve(self.encoded_len());
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.last_timestamp_ns.to_le_bytes());
+        out.extend_from_slice(&(self.accounts.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.transfers.len() as u64).to_le_bytes());
+        // Creation order (timestamps are unique), so the bytes do not depend on the map's seed.
+        self.accounts.sort_unstable_by_key(|a| a.timestamp);
+        for a in &self.accounts {
+            codec::encode_account(a, out);
+        }
+        for t in self.transfers.iter() {
+            codec::encode_transfer(t, out);
+        }
+        out.extend(self.status.iter().map(|&s| s as u8));
+    }
 }
 
 fn deadline_ns(t: &Transfer) -> u64 {
@@ -384,7 +424,7 @@ impl State {
                 max_transfers: limits.max_transfers.min(cap),
             },
             accounts: IdMap::default(),
-            transfers: Vec::new(),
+            transfers: Chunks::new(),
             status: Vec::new(),
             transfer_index: IdMap::default(),
             expiries: BTreeSet::new(),
@@ -1193,26 +1233,27 @@ impl State {
     /// Appends a binary snapshot: `RBLS`, version u32, last timestamp u64, account count u64, transfer count u64,
     /// the accounts (128-byte records with current balances, creation order), the transfers (stored form, commit
     /// order), one [`PendingStatus`] byte per transfer. Histories and the expiry index are rebuilt on restore. The
-    /// bytes depend only on the applied history, never on hash seeds.
+    /// bytes depend only on the applied history, never on hash seeds. Same as `self.freeze().encode(out)`.
     pub fn snapshot(&self, out: &mut Vec<u8>) {
-        out.reserve(
-            SNAPSHOT_HEADER_BYTES + self.accounts.len() * RECORD_BYTES + self.transfers.len() * 129,
-        );
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        out.extend_from_slice(&self.last_timestamp_ns.to_le_bytes());
-        out.extend_from_slice(&(self.accounts.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.transfers.len() as u64).to_le_bytes());
-        // Creation order (timestamps are unique), so the bytes do not depend on the map's seed.
-        let mut accounts: Vec<&Account> = self.accounts.values().map(|e| &e.account).collect();
-        accounts.sort_unstable_by_key(|a| a.timestamp);
-        for a in accounts {
-            codec::encode_account(a, out);
+        self.freeze().encode(out);
+    }
+
+    /// Size of [`State::snapshot`]'s output, without building it.
+    pub fn snapshot_len(&self) -> usize {
+        SNAPSHOT_HEADER_BYTES
+            + self.accounts.len() * RECORD_BYTES
+            + self.transfers.len() * (RECORD_BYTES + 1)
+    }
+
+    /// A consistent copy of what a snapshot holds, cheap enough to take on the writer thread: sealed transfer
+    /// chunks are shared, only accounts, the open chunk and the status bytes are copied. Encode it elsewhere.
+    pub fn freeze(&self) -> FrozenState {
+        FrozenState {
+            last_timestamp_ns: self.last_timestamp_ns,
+            accounts: self.accounts.values().map(|e| e.account).collect(),
+            transfers: self.transfers.freeze(),
+            status: self.status.clone(),
         }
-        for t in &self.transfers {
-            codec::encode_transfer(t, out);
-        }
-        out.extend(self.status.iter().map(|&s| s as u8));
     }
 
     /// Rebuilds a state from [`State::snapshot`] bytes, checking every record and that the balances equal what the
@@ -1279,7 +1320,6 @@ impl State {
             }
         }
 
-        s.transfers.reserve_exact(nt);
         s.status.reserve_exact(nt);
         s.transfer_index.reserve(nt);
         prev_ts = 0;

@@ -1223,3 +1223,45 @@ fn timing_simple_transfers() {
         assert_eq!(restored.counts(), s.counts());
     }
 }
+
+/// A checkpoint's frozen copy (taken on the writer thread, encoded elsewhere) must equal the snapshot at the moment it
+/// was taken, even when the state then rolls a linked chain back across a sealed transfer chunk and moves on.
+#[test]
+fn frozen_copy_is_exact_across_chunk_boundaries_and_rollbacks() {
+    use refbench_ledger::chunks::CHUNK_LEN;
+    let mut h = setup();
+    // Fill the transfer vector to one short of a full chunk, so the chain's first link seals it and the rollback
+    // pops back into a sealed chunk.
+    let batch = 8190;
+    let mut next_id = 1_000u128;
+    let fill = CHUNK_LEN - 1;
+    while h.state.counts().transfers < fill {
+        let n = batch.min(fill - h.state.counts().transfers);
+        let items: Vec<Transfer> = (0..n as u128).map(|k| xfer(next_id + k, 1, 2, 1)).collect();
+        next_id += n as u128;
+        assert!(h.transfers(&items).iter().all(|&r| r == R::Ok));
+    }
+    let frozen = h.state.freeze();
+    let at_freeze = snap(&h.state);
+    // A chain whose first link fills (seals) the chunk and then fails: the rollback pops out of the sealed chunk.
+    let linked = |t: Transfer| Transfer {
+        flags: t.flags | TF::LINKED,
+        ..t
+    };
+    let codes = h.transfers(&[linked(xfer(next_id, 1, 2, 5)), xfer(next_id + 1, 1, 99, 5)]);
+    assert_eq!(codes, [R::LinkedEventFailed, R::CreditAccountNotFound]);
+    assert_eq!(snap(&h.state), at_freeze, "the rollback restored the state");
+    // Move on: resolve nothing, add more transfers in the next chunk.
+    assert_eq!(h.transfers(&[xfer(next_id + 2, 2, 1, 7)]), [R::Ok]);
+    assert_ne!(snap(&h.state), at_freeze);
+    assert_eq!(frozen.encoded_len(), at_freeze.len());
+    let mut encoded = Vec::new();
+    frozen.encode(&mut encoded);
+    assert_eq!(
+        encoded, at_freeze,
+        "the frozen copy did not see later changes"
+    );
+    let restored = State::restore(&encoded, Limits::default()).expect("restore");
+    assert_eq!(restored.counts().transfers, fill);
+    assert_eq!(h.replayed().snapshot_len(), snap(&h.state).len());
+}
