@@ -53,7 +53,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     pub segment_bytes: u64,
 
-    /// A checkpoint is written after this many log bytes; bounds the replay on restart.
+    /// A checkpoint is written after this many log bytes, or after as many as the last checkpoint's size if that is
+    /// larger (so checkpoint writes never exceed log writes); bounds the replay on restart.
     #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
     pub checkpoint_every_bytes: u64,
 
