@@ -12,13 +12,15 @@
 # per transfer, the half-capacity run, host fingerprint, command) in $OUT.
 #
 # Usage: scripts/ledger-batch-curve.sh [--quick]
-#   env DUR seconds per run (10), CONNS (16), ROUNDS (3; the median round is reported), OUT
+#   env DUR seconds per run (10), CONNS closed-loop connections (16), OPEN_CONNS connections of the open-loop run
+#       (64: enough that a request never waits behind another on its connection, so the latency measured is the
+#       ledger's, not HTTP/1.1 head-of-line blocking), ROUNDS (3; the median round is reported), OUT
 #       (results/baselines/ledger-batch-curve.json), KEEP_TMP=1 keeps the temporary folder.
 #   --quick: ROUNDS=1 DUR=3, OUT defaults to ${TMPDIR:-/tmp}/ledger-batch-curve.quick.json.
 # All traffic goes to 127.0.0.1; every run is bounded by DUR, the profile's caps and `timeout`.
 set -euo pipefail
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 
 QUICK=0
 for arg in "$@"; do
@@ -47,6 +49,7 @@ else
     OUT=${OUT:-results/baselines/ledger-batch-curve.json}
 fi
 CONNS=${CONNS:-16}
+OPEN_CONNS=${OPEN_CONNS:-64}
 BATCHES=(1 10 100 1000 8190)
 
 command -v python3 >/dev/null || { echo "ledger-batch-curve: needs python3" >&2; exit 2; }
@@ -59,10 +62,11 @@ trap cleanup EXIT
 # One profile per run: a short warm-up (creates the accounts), then the measured phase.
 profile() { # name model batch [rate]
     local name=$1 model=$2 batch=$3 rate=${4:-}
-    local load
+    local load conns=$CONNS
     if [[ $model == closed ]]; then
         load="model = \"closed\""
     else
+        conns=$OPEN_CONNS
         load="model = \"open\"
 arrival = \"poisson\"
 rate_rps = $rate"
@@ -91,7 +95,7 @@ name = "measured"
 target = "ledger"
 $load
 duration_s = $DUR
-connections = $CONNS
+connections = $conns
 [phases.ledger]
 accounts = 10_000
 batch_size = $batch
@@ -136,12 +140,12 @@ for round in $(seq 1 "$ROUNDS"); do
     RESULTS+=("half:1:$round:$(run "half-b1-r$round")")
 done
 
-python3 - "$OUT" "$HALF" "$DUR" "$CONNS" "$ROUNDS" "$*" "${RESULTS[@]}" <<'EOF'
+python3 - "$OUT" "$HALF" "$DUR" "$CONNS" "$ROUNDS" "$*" "$OPEN_CONNS" "${RESULTS[@]}" <<'EOF'
 import json, os, platform, statistics, subprocess, sys, time
-out, half, dur, conns, rounds, args = sys.argv[1:7]
+out, half, dur, conns, rounds, args, open_conns = sys.argv[1:8]
 runs = {}
 host = None
-for arg in sys.argv[7:]:
+for arg in sys.argv[8:]:
     kind, b, r, path = arg.split(":", 3)
     res = json.load(open(path))
     host = host or res["host"]
@@ -188,7 +192,7 @@ doc = {
     "command": f"scripts/ledger-batch-curve.sh {args}".strip(),
     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     "git": {"commit": commit, "dirty": dirty},
-    "settings": {"duration_s": int(dur), "connections": int(conns), "rounds": int(rounds), "half_capacity_rps": float(half)},
+    "settings": {"duration_s": int(dur), "connections": int(conns), "open_loop_connections": int(open_conns), "rounds": int(rounds), "half_capacity_rps": float(half)},
     "host": host,
     "curve": curve,
 }
