@@ -27,6 +27,10 @@ pub struct ServerProc {
     /// What it announced.
     pub ready: Ready,
     child: Child,
+    /// The child's `TMPDIR`. A server's default scratch data (the ledger's temporary data directory, gigabytes
+    /// after a long run) lives here, and the directory goes when this value drops, after the child ended: even a
+    /// server killed after its grace period leaks nothing. Declared after `child` so it drops after the kill.
+    _tmp: Option<tempfile::TempDir>,
 }
 
 impl ServerProc {
@@ -96,7 +100,15 @@ pub fn start_builtin(
         path: log_path.to_path_buf(),
         source,
     })?;
+    // Best effort: without a private TMPDIR the server still works, it just cleans up after itself alone.
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("refbench-{system}-tmp-"))
+        .tempdir()
+        .ok();
     let mut cmd = Command::new(exe);
+    if let Some(t) = &tmp {
+        cmd.env("TMPDIR", t.path());
+    }
     cmd.arg("serve")
         .arg(system)
         .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"]);
@@ -130,6 +142,7 @@ pub fn start_builtin(
             tls_cert_pem: None,
         },
         child,
+        _tmp: tmp,
     };
     match rx.recv_timeout(timeout) {
         Ok(Ok(ready)) => {

@@ -198,6 +198,7 @@ impl ServeArgs {
                 max_group_items: self.max_group_items,
                 checkpoint_every_bytes: self.checkpoint_every_bytes,
                 data_dir: PathBuf::new(),
+                checkpoint_on_stop: true,
             },
             queue: self.queue,
             limits: Limits {
@@ -468,6 +469,7 @@ pub async fn start(plan: &ServePlan, shutdown: Shutdown) -> Result<Started, Ledg
     }
     let mut wcfg = plan.writer.clone();
     wcfg.data_dir = data_dir.clone();
+    wcfg.checkpoint_on_stop = temp.is_none();
     let (writer, writer_thread) = writer::spawn(rec.state, rec.log, wcfg, plan.queue, metrics)
         .map_err(|source| LedgerError::Spawn {
             what: "writer thread",

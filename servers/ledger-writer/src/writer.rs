@@ -127,6 +127,10 @@ pub struct WriterConfig {
     pub checkpoint_every_bytes: u64,
     /// Data directory (checkpoints go here).
     pub data_dir: PathBuf,
+    /// Write a checkpoint when stopping, for a fast restart. Off for a temporary data directory, which is removed
+    /// right after: a multi-gigabyte checkpoint there only delays the stop (past a parent's grace period, which
+    /// then kills the server and leaks the directory).
+    pub checkpoint_on_stop: bool,
 }
 
 /// Handles shared with the HTTP side.
@@ -269,7 +273,10 @@ impl Writer {
         if !rest.is_empty() {
             self.step(&mut rest, &mut replies);
         }
-        if !self.failed.load(Ordering::Acquire) && self.bytes_since_checkpoint > 0 {
+        if self.config.checkpoint_on_stop
+            && !self.failed.load(Ordering::Acquire)
+            && self.bytes_since_checkpoint > 0
+        {
             self.checkpoint();
         }
         if let Some(h) = self.checkpointer.take() {
