@@ -16,6 +16,7 @@
 //! - [`cpu`]: CPU affinity and timer slack.
 //! - [`timer`]: sub-millisecond sleeps from any runtime (a shared timer thread).
 //! - [`pacer`]: sub-millisecond sleeps driven by a timerfd on the caller's own runtime (no thread hop).
+//! - [`runtime`]: the server runtime (current-thread for one thread, multi-thread otherwise).
 
 pub mod admin;
 pub mod announce;
@@ -24,6 +25,7 @@ pub mod cpu;
 pub mod error;
 pub mod http;
 pub mod pacer;
+pub mod runtime;
 pub mod shutdown;
 pub mod timer;
 pub mod tls;

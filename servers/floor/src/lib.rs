@@ -24,7 +24,6 @@ mod model;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use refbench_common::admin::{metrics_handle, serve_admin};
 use refbench_common::announce::{Ready, announce};
@@ -326,28 +325,14 @@ pub async fn start(
     })
 }
 
-/// How long the runtime gets to wind down after serving stopped; anything
-/// still running then (nothing should be) is abandoned so the process exits.
-const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// The whole server: validate, pin CPUs, build the runtime, bind, announce
 /// `REFBENCH_READY` on stdout, serve until SIGTERM/SIGINT, drain, return.
 pub fn run(args: ServeArgs) -> Result<(), FloorError> {
     let (config, plan) = args.resolve()?;
     // Before the runtime exists, so every thread it spawns inherits the mask.
     pin_to_cpus(&plan.cpus)?;
-    let runtime = if plan.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(plan.threads)
-            .thread_name("refbench-floor")
-            .enable_all()
-            .build()
-    }
-    .map_err(FloorError::Runtime)?;
+    let runtime = refbench_common::runtime::build(plan.threads, "refbench-floor")
+        .map_err(FloorError::Runtime)?;
     let result = runtime.block_on(async {
         let (trigger, shutdown) = shutdown::channel();
         // Handlers go in before the announce: the parent may signal us the
@@ -357,6 +342,6 @@ pub fn run(args: ServeArgs) -> Result<(), FloorError> {
         announce(&started.ready());
         started.join().await
     });
-    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    runtime.shutdown_timeout(refbench_common::runtime::SHUTDOWN_TIMEOUT);
     result
 }

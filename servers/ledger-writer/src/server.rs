@@ -502,29 +502,18 @@ pub async fn start(plan: &ServePlan, shutdown: Shutdown) -> Result<Started, Ledg
     })
 }
 
-/// How long the runtime gets to wind down after serving stopped.
-const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// The whole server: validate, pin, build the runtime, recover, announce `REFBENCH_READY`, serve until
 /// SIGTERM/SIGINT, drain, flush, checkpoint, return.
 pub fn run(args: ServeArgs) -> Result<(), LedgerError> {
     let plan = args.resolve()?;
     pin_to_cpus(&plan.cpus)?;
-    let runtime = if plan.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(plan.threads)
-            .thread_name("ledger-http")
-            .enable_all()
-            .build()
-    }
-    .map_err(|source| LedgerError::Spawn {
-        what: "tokio runtime",
-        source,
-    })?;
+    let runtime =
+        refbench_common::runtime::build(plan.threads, "ledger-http").map_err(|source| {
+            LedgerError::Spawn {
+                what: "tokio runtime",
+                source,
+            }
+        })?;
     let result = runtime.block_on(async {
         let (trigger, shutdown) = shutdown::channel();
         shutdown::trigger_on_signals(trigger)?;
@@ -532,6 +521,6 @@ pub fn run(args: ServeArgs) -> Result<(), LedgerError> {
         announce(&started.ready());
         started.join().await
     });
-    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    runtime.shutdown_timeout(refbench_common::runtime::SHUTDOWN_TIMEOUT);
     result
 }

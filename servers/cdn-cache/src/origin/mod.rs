@@ -509,27 +509,14 @@ async fn serve_main(
     }
 }
 
-/// How long the runtime gets to wind down after serving stopped.
-const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// The whole origin: validate, pin CPUs, build the runtime, bind, announce
 /// `REFBENCH_READY` on stdout, serve until SIGTERM/SIGINT, drain, return.
 pub fn run(args: OriginArgs) -> Result<(), OriginError> {
     let (cfg, plan) = args.resolve()?;
     // Before the runtime exists, so every thread it spawns inherits the mask.
     pin_to_cpus(&plan.cpus)?;
-    let runtime = if plan.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(plan.threads)
-            .thread_name("cdn-origin")
-            .enable_all()
-            .build()
-    }
-    .map_err(OriginError::Runtime)?;
+    let runtime = refbench_common::runtime::build(plan.threads, "cdn-origin")
+        .map_err(OriginError::Runtime)?;
     let result = runtime.block_on(async {
         let (trigger, shutdown) = shutdown::channel();
         // Handlers go in before the announce: the parent may signal us the
@@ -539,7 +526,7 @@ pub fn run(args: OriginArgs) -> Result<(), OriginError> {
         announce(&started.ready());
         started.join().await
     });
-    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    runtime.shutdown_timeout(refbench_common::runtime::SHUTDOWN_TIMEOUT);
     result
 }
 
