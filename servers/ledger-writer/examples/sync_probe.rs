@@ -2,6 +2,10 @@
 //! numbers rather than folklore. Methods run interleaved in rounds so host noise hits them alike.
 //!
 //! `cargo run --release -p refbench-ledger --example sync_probe -- [DIR] [OPS_PER_ROUND] [ROUNDS] [BYTES]`
+//!
+//! Beside the appends, a watcher thread pinned to the last CPU (the appends run pinned to CPU 0) sleeps 500 us at a
+//! time and counts wake-ups more than 5 ms late. It does no I/O, so its stalls are the host freezing the whole VM
+//! while a flush is serviced; it runs once idle first, for comparison.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -111,6 +115,43 @@ impl Target {
     }
 }
 
+/// Pins the calling thread to `cpu` (best effort: a probe, not a server).
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only touch it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Sleeps 500 us at a time until `stop`, pinned to `cpu`; returns (wake-ups, those later than 5 ms, their total).
+fn watch(cpu: usize, stop: &std::sync::atomic::AtomicBool) -> (u64, u64, std::time::Duration) {
+    pin(cpu);
+    let (mut n, mut late, mut late_total) = (0u64, 0u64, std::time::Duration::ZERO);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let t = Instant::now();
+        std::thread::sleep(std::time::Duration::from_micros(500));
+        let d = t.elapsed();
+        n += 1;
+        if d > std::time::Duration::from_millis(5) {
+            late += 1;
+            late_total += d;
+        }
+    }
+    (n, late, late_total)
+}
+
+fn watched<R>(cpu: usize, f: impl FnOnce() -> R) -> (R, (u64, u64, std::time::Duration)) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let w = s.spawn(|| watch(cpu, &stop));
+        let r = f();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (r, w.join().expect("watcher"))
+    })
+}
+
 fn pct(v: &[u64], p: f64) -> u64 {
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
 }
@@ -144,13 +185,22 @@ fn main() {
         })
         .collect();
     assert!((ops * rounds * bytes) as u64 + BLOCK as u64 * 2 < FILE_BYTES);
-    for _ in 0..rounds {
-        for t in &mut targets {
-            for _ in 0..ops {
-                t.append(bytes);
+    let watcher_cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    pin(0);
+    let started = Instant::now();
+    let ((), busy) = watched(watcher_cpu, || {
+        for _ in 0..rounds {
+            for t in &mut targets {
+                for _ in 0..ops {
+                    t.append(bytes);
+                }
             }
         }
-    }
+    });
+    let busy_s = started.elapsed();
+    let ((), idle) = watched(watcher_cpu, || {
+        std::thread::sleep(busy_s.min(std::time::Duration::from_secs(10)))
+    });
     println!(
         "{bytes} B per append, {} appends per method, interleaved in {rounds} rounds",
         ops * rounds
@@ -177,6 +227,17 @@ fn main() {
             v[v.len() - 1] / 1000,
             mean / 1000,
             stalled as f64 * 100.0 / total as f64
+        );
+    }
+    for (what, (n, late, total), over) in [
+        ("while appending", busy, busy_s),
+        ("idle", idle, busy_s.min(std::time::Duration::from_secs(10))),
+    ] {
+        println!(
+            "watcher on cpu {watcher_cpu}, {what}: {late} of {n} wake-ups over 5 ms late, {:.0} ms in {:.1} s ({:.2} %)",
+            total.as_secs_f64() * 1e3,
+            over.as_secs_f64(),
+            total.as_secs_f64() * 100.0 / over.as_secs_f64()
         );
     }
 }
