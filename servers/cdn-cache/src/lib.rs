@@ -1,11 +1,18 @@
 //! The cdn-cache reference server (work in progress, issue 4).
 //!
 //! Layers, bottom up:
-//! - [`evict`]: the byte-bounded memory tier's eviction policy, and the LRU it is measured against.
+//! - [`evict`]: the byte-bounded memory tier's eviction policy (S3-FIFO), and W-TinyLFU and LRU it is measured against.
+//! - [`cache`]: the cache tier itself (edge or shield): keys, RFC 9111 rules, request coalescing, the memory tier
+//!   store, upstream fetches with rendezvous hashing over shields, purges and `Cache-Status`.
+//! - [`disk`]: the disk tier: a byte-bounded, log-structured segment cache for what the memory tier evicts
+//!   (CRC32C-checked reads, FIFO eviction by segment, a bounded write queue, cold start).
 //! - [`origin`]: a synthetic origin for tests and benchmarks (sizes, cache headers, latency and failure injection,
 //!   fetch counts per key).
 //!
-//! The cache tiers (edge and shield), coalescing, RFC 9111 rules, the disk tier, prefetch and purge come next.
+//! Not yet: the disk tier wired under the memory tier (the `cache::LowerTier` seam), purge propagation from edges to
+//! shields, predictive prefetch, `loadgen serve cdn` and the loadgen scenario, and the peers (nginx, Varnish).
 
+pub mod cache;
+pub mod disk;
 pub mod evict;
 pub mod origin;

@@ -1,0 +1,747 @@
+//! The cache tier: one server, configured as an **edge** or a **shield**, in front of one or more upstreams.
+//!
+//! An edge sends its misses to one of several shields chosen by rendezvous hashing of the cache key
+//! ([`upstream`](Upstreams)), so each object is fetched from the origin through one shield only; a shield's
+//! upstream is the origin. Both roles run the same code; the role only names the tier (`Cache-Status`, metrics,
+//! the readiness line).
+//!
+//! Layers:
+//! - [`CacheKey`], [`VarySpec`]: primary keys (`host + path + query`, fixed-seed foldhash) and `Vary` variants.
+//! - `policy`: RFC 9111 decisions through `http-cache-semantics` (storability, freshness, `Age`, request
+//!   directives, 304 merge), plus RFC 5861 `stale-while-revalidate` / `stale-if-error`, precomputed per object so
+//!   a plain hit is two comparisons.
+//! - [`Store`]: the memory tier (S3-FIFO from [`crate::evict`], sharded, byte-bounded), the key index and purge log;
+//!   the [`LowerTier`] trait is the seam for the disk tier (evicted objects go down, misses look there first).
+//! - `coalesce`: one upstream fetch per key at a time; waiters are streamed the body as it arrives; a failed fetch
+//!   is retried by a new leader; bodies that fail or stall are never stored and never presented as complete.
+//! - [`Upstreams`]: hyper's pooled HTTP/1.1 client with connect, head and idle-body timeouts.
+//! - [`CacheApp`]: the handler; [`CacheAdmin`]: purges (by key, by prefix, all), stats, `/metrics`, `/healthz`.
+//!
+//! Every response carries `Cache-Status` (RFC 9211, see [`Status`]); hits carry `Age`.
+//!
+//! Limits: memory bytes (the store), objects larger than `max_object_bytes` are streamed through and not stored
+//! (and a body without `Content-Length` that grows past it fails), fetches in flight (`max_inflight_keys`; beyond
+//! it requests go upstream uncoalesced), waits (`coalesce_timeout_ms`, then 504), upstream connect / head / idle
+//! body timeouts, request bodies forwarded for unsafe methods (`max_request_body_bytes`), and the shared HTTP
+//! listener limits (connections, header bytes: oversized heads get 431 from hyper).
+
+mod app;
+mod coalesce;
+mod error;
+mod key;
+mod policy;
+mod purge;
+mod status;
+mod store;
+mod upstream;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::Uri;
+use refbench_common::CommonError;
+use refbench_common::admin::{UPKEEP_INTERVAL, metrics_handle};
+use refbench_common::announce::{Ready, announce};
+use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
+use refbench_common::cpu::{pin_to_cpus, validate_cpus};
+use refbench_common::http::{Limits, serve_http};
+use refbench_common::shutdown::{self, Shutdown};
+use tokio::task::JoinHandle;
+
+pub use app::{
+    CacheApp, CacheBody, CacheFuture, FetchStream, MAX_ATTEMPTS, app, app_with_lower_tier,
+};
+pub use error::{CacheError, FetchError};
+pub use key::{
+    CacheKey, KEY_SEED, MAX_VARIANTS, MAX_VARY_HEADERS, VaryKind, VarySpec, hash_parts, parse_vary,
+    variant_hash,
+};
+pub use policy::{Directives, Freshness, MAX_STALE_WINDOW};
+pub use purge::{CacheAdmin, cache_admin_limits};
+pub use status::{CACHE_STATUS, Fwd, Status};
+pub use store::{Entry, LowerTier, NotStored, PURGE_LOG_LEN, PassMarker, PurgeRule, Store, Stored};
+pub use upstream::{BoxError, UpstreamBody, Upstreams};
+
+const MIB: u64 = 1024 * 1024;
+
+/// Most upstreams (shields) per tier.
+pub const MAX_UPSTREAMS: usize = 64;
+/// Most runtime worker threads accepted by `--threads`.
+pub const MAX_THREADS: usize = 1024;
+/// Most concurrent connections accepted by `--max-connections`.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// Largest memory tier, bytes (1 TiB).
+pub const MAX_MEMORY_BYTES: u64 = 1024 * 1024 * MIB;
+/// Smallest memory tier, bytes.
+pub const MIN_MEMORY_BYTES: u64 = MIB;
+/// Most fetches in flight accepted by `max_inflight_keys`.
+pub const MAX_INFLIGHT_KEYS: usize = 1_000_000;
+/// Longest timeout accepted anywhere, milliseconds (10 minutes).
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Largest request body forwarded for unsafe methods, bytes.
+pub const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Which tier this is. Both behave the same; the role names the tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Faces clients; misses go to shields (or straight to the origin).
+    Edge,
+    /// Faces edges; misses go to the origin.
+    Shield,
+}
+
+impl Role {
+    /// `edge` or `shield`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::Edge => "edge",
+            Role::Shield => "shield",
+        }
+    }
+
+    /// The `system` of the readiness line: `cdn-edge` or `cdn-shield`.
+    pub const fn system(self) -> &'static str {
+        match self {
+            Role::Edge => "cdn-edge",
+            Role::Shield => "cdn-shield",
+        }
+    }
+}
+
+/// A tier's cache configuration as written (built in code, or from [`CacheArgs`]); validate with
+/// [`TierConfig::resolve`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierConfig {
+    /// Edge or shield.
+    pub role: Role,
+    /// The `Cache-Status` member name (an sf-token); default `refbench-{role}`.
+    pub name: Option<String>,
+    /// Upstream base URLs (`http://host:port`), one or more; several = rendezvous hashing over them.
+    pub upstreams: Vec<String>,
+    /// Memory tier capacity, bytes.
+    pub memory_bytes: u64,
+    /// Memory tier shards (a power of two).
+    pub shards: usize,
+    /// Largest object stored, bytes (at most one shard's capacity); larger ones are streamed through.
+    pub max_object_bytes: u64,
+    /// How long a request waits for another request's fetch before answering 504, milliseconds.
+    pub coalesce_timeout_ms: u64,
+    /// Most fetches in flight; beyond it requests go upstream uncoalesced.
+    pub max_inflight_keys: usize,
+    /// Upstream connect timeout, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Upstream response-head timeout (after connecting), milliseconds.
+    pub upstream_timeout_ms: u64,
+    /// Longest gap between two upstream body frames before the fetch fails, milliseconds.
+    pub upstream_read_timeout_ms: u64,
+    /// Idle pooled connections kept per upstream.
+    pub max_idle_per_upstream: usize,
+    /// How long a "hit-for-pass" marker (response not shareable) sends a key straight upstream, milliseconds
+    /// (0 disables markers).
+    pub pass_marker_ttl_ms: u64,
+    /// Largest request body forwarded for unsafe methods, bytes.
+    pub max_request_body_bytes: usize,
+}
+
+impl Default for TierConfig {
+    fn default() -> Self {
+        TierConfig {
+            role: Role::Edge,
+            name: None,
+            upstreams: Vec::new(),
+            memory_bytes: 256 * MIB,
+            shards: 16,
+            max_object_bytes: 2 * MIB,
+            coalesce_timeout_ms: 5_000,
+            max_inflight_keys: 10_000,
+            connect_timeout_ms: 1_000,
+            upstream_timeout_ms: 10_000,
+            upstream_read_timeout_ms: 10_000,
+            max_idle_per_upstream: 256,
+            pass_marker_ttl_ms: 5_000,
+            max_request_body_bytes: MIB as usize,
+        }
+    }
+}
+
+/// The validated configuration a [`CacheApp`] runs.
+#[derive(Debug, Clone)]
+pub struct ResolvedTier {
+    /// Edge or shield.
+    pub role: Role,
+    /// `Cache-Status` member name.
+    pub name: String,
+    /// Upstream base URLs.
+    pub upstreams: Vec<Uri>,
+    /// Memory tier capacity, bytes.
+    pub memory_bytes: u64,
+    /// Memory tier shards.
+    pub shards: usize,
+    /// Largest object stored, bytes.
+    pub max_object_bytes: u64,
+    /// Follower wait limit.
+    pub coalesce_timeout: Duration,
+    /// Most fetches in flight.
+    pub max_inflight_keys: usize,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream response-head timeout.
+    pub upstream_timeout: Duration,
+    /// Upstream body idle timeout.
+    pub upstream_read_timeout: Duration,
+    /// Idle pooled connections per upstream.
+    pub max_idle_per_upstream: usize,
+    /// Hit-for-pass marker lifetime (zero: none).
+    pub pass_marker_ttl: Duration,
+    /// Largest forwarded request body, bytes.
+    pub max_request_body_bytes: usize,
+}
+
+fn range_u64(field: &str, v: u64, lo: u64, hi: u64) -> Result<(), CacheError> {
+    if v < lo || v > hi {
+        return Err(CacheError::invalid(
+            field,
+            format!("must be between {lo} and {hi}, got {v}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `s` is an RFC 8941 token (the `Cache-Status` member name).
+fn is_sf_token(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '*')
+        && chars.all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~:/".contains(c))
+}
+
+impl TierConfig {
+    /// Validates everything once; errors name the field.
+    pub fn resolve(&self) -> Result<ResolvedTier, CacheError> {
+        if self.upstreams.is_empty() || self.upstreams.len() > MAX_UPSTREAMS {
+            return Err(CacheError::invalid(
+                "upstreams",
+                format!(
+                    "needs 1 to {MAX_UPSTREAMS} upstream URLs, got {}",
+                    self.upstreams.len()
+                ),
+            ));
+        }
+        let mut upstreams = Vec::with_capacity(self.upstreams.len());
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let field = format!("upstreams[{i}]");
+            let uri: Uri = u
+                .parse()
+                .map_err(|e| CacheError::invalid(&field, format!("not a URL: {u:?}: {e}")))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(CacheError::invalid(
+                    &field,
+                    format!(
+                        "must be http://host:port (TLS upstreams are not supported), got {u:?}"
+                    ),
+                ));
+            }
+            if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+                return Err(CacheError::invalid(
+                    &field,
+                    format!("must have no path or query, got {u:?}"),
+                ));
+            }
+            if upstreams.contains(&uri) {
+                return Err(CacheError::invalid(
+                    &field,
+                    format!("{u:?} is listed twice"),
+                ));
+            }
+            upstreams.push(uri);
+        }
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("refbench-{}", self.role.name()));
+        if name.len() > 64 || !is_sf_token(&name) {
+            return Err(CacheError::invalid(
+                "name",
+                format!(
+                    "must be a token of at most 64 characters (letters, digits, -._:/), got {name:?}"
+                ),
+            ));
+        }
+        range_u64(
+            "memory_bytes",
+            self.memory_bytes,
+            MIN_MEMORY_BYTES,
+            MAX_MEMORY_BYTES,
+        )?;
+        if !self.shards.is_power_of_two() || self.shards > 1 << 16 {
+            return Err(CacheError::invalid(
+                "shards",
+                format!(
+                    "must be a power of two between 1 and 65536, got {}",
+                    self.shards
+                ),
+            ));
+        }
+        let per_shard = self.memory_bytes / self.shards as u64;
+        if per_shard < 64 * 1024 {
+            return Err(CacheError::invalid(
+                "shards",
+                format!(
+                    "{} shards leave {per_shard} bytes each; each needs at least 64 KiB",
+                    self.shards
+                ),
+            ));
+        }
+        range_u64("max_object_bytes", self.max_object_bytes, 1, per_shard)?;
+        range_u64(
+            "coalesce_timeout_ms",
+            self.coalesce_timeout_ms,
+            1,
+            MAX_TIMEOUT_MS,
+        )?;
+        range_u64(
+            "connect_timeout_ms",
+            self.connect_timeout_ms,
+            1,
+            MAX_TIMEOUT_MS,
+        )?;
+        range_u64(
+            "upstream_timeout_ms",
+            self.upstream_timeout_ms,
+            1,
+            MAX_TIMEOUT_MS,
+        )?;
+        range_u64(
+            "upstream_read_timeout_ms",
+            self.upstream_read_timeout_ms,
+            1,
+            MAX_TIMEOUT_MS,
+        )?;
+        range_u64(
+            "pass_marker_ttl_ms",
+            self.pass_marker_ttl_ms,
+            0,
+            MAX_TIMEOUT_MS,
+        )?;
+        range_u64(
+            "max_inflight_keys",
+            self.max_inflight_keys as u64,
+            1,
+            MAX_INFLIGHT_KEYS as u64,
+        )?;
+        range_u64(
+            "max_idle_per_upstream",
+            self.max_idle_per_upstream as u64,
+            0,
+            100_000,
+        )?;
+        range_u64(
+            "max_request_body_bytes",
+            self.max_request_body_bytes as u64,
+            0,
+            MAX_REQUEST_BODY_BYTES as u64,
+        )?;
+        Ok(ResolvedTier {
+            role: self.role,
+            name,
+            upstreams,
+            memory_bytes: self.memory_bytes,
+            shards: self.shards,
+            max_object_bytes: self.max_object_bytes,
+            coalesce_timeout: Duration::from_millis(self.coalesce_timeout_ms),
+            max_inflight_keys: self.max_inflight_keys,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
+            upstream_read_timeout: Duration::from_millis(self.upstream_read_timeout_ms),
+            max_idle_per_upstream: self.max_idle_per_upstream,
+            pass_marker_ttl: Duration::from_millis(self.pass_marker_ttl_ms),
+            max_request_body_bytes: self.max_request_body_bytes,
+        })
+    }
+}
+
+/// Command-line options of a cache tier (`loadgen serve cdn edge|shield ...`); flatten into a clap `Parser`.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct CacheArgs {
+    /// Which tier this is.
+    #[arg(long, value_enum, default_value_t = Role::Edge)]
+    pub role: Role,
+
+    /// Upstream base URL(s), e.g. http://127.0.0.1:8081; several (comma-separated or repeated) are chosen per key
+    /// by rendezvous hashing.
+    #[arg(long, value_name = "URL", value_delimiter = ',', required = true)]
+    pub upstream: Vec<String>,
+
+    /// The Cache-Status member name (default refbench-{role}).
+    #[arg(long, value_name = "TOKEN")]
+    pub name: Option<String>,
+
+    /// Address of the HTTP listener (HTTP/1.1 and h2c).
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_BIND)]
+    pub bind: SocketAddr,
+
+    /// Address of the admin listener (/metrics, /healthz, /purge, /stats).
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_BIND)]
+    pub admin_bind: SocketAddr,
+
+    /// Memory tier capacity, bytes.
+    #[arg(long, value_name = "N", default_value_t = TierConfig::default().memory_bytes)]
+    pub memory_bytes: u64,
+
+    /// Memory tier shards (a power of two).
+    #[arg(long, value_name = "N", default_value_t = TierConfig::default().shards)]
+    pub shards: usize,
+
+    /// Largest object stored, bytes (at most memory / shards); larger objects are streamed through.
+    #[arg(long, value_name = "N", default_value_t = TierConfig::default().max_object_bytes)]
+    pub max_object_bytes: u64,
+
+    /// How long a request waits on another request's fetch, milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = TierConfig::default().coalesce_timeout_ms)]
+    pub coalesce_timeout_ms: u64,
+
+    /// Most fetches in flight; beyond it requests go upstream uncoalesced.
+    #[arg(long, value_name = "N", default_value_t = TierConfig::default().max_inflight_keys)]
+    pub max_inflight_keys: usize,
+
+    /// Upstream connect timeout, milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = TierConfig::default().connect_timeout_ms)]
+    pub connect_timeout_ms: u64,
+
+    /// Upstream response-head timeout, milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = TierConfig::default().upstream_timeout_ms)]
+    pub upstream_timeout_ms: u64,
+
+    /// Longest gap between upstream body frames, milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = TierConfig::default().upstream_read_timeout_ms)]
+    pub upstream_read_timeout_ms: u64,
+
+    /// Idle pooled connections kept per upstream.
+    #[arg(long, value_name = "N", default_value_t = TierConfig::default().max_idle_per_upstream)]
+    pub max_idle_per_upstream: usize,
+
+    /// How long a non-shareable response sends its key straight upstream, milliseconds (0 = never).
+    #[arg(long, value_name = "MS", default_value_t = TierConfig::default().pass_marker_ttl_ms)]
+    pub pass_marker_ttl_ms: u64,
+
+    /// Largest request body forwarded for unsafe methods, bytes.
+    #[arg(long, value_name = "N", default_value_t = TierConfig::default().max_request_body_bytes)]
+    pub max_request_body_bytes: usize,
+
+    /// Runtime threads: 1 = tokio current_thread, n > 1 = multi_thread with n workers.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub threads: usize,
+
+    /// CPU cores to pin to before the runtime starts, e.g. "0,1".
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+
+    /// Concurrent client connections served; more wait in the kernel backlog.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+}
+
+/// Where to listen and how to run (everything in [`CacheArgs`] besides the [`TierConfig`]).
+#[derive(Debug, Clone)]
+pub struct TierPlan {
+    /// HTTP listener address.
+    pub bind: SocketAddr,
+    /// Admin listener address.
+    pub admin_bind: SocketAddr,
+    /// Runtime threads (1 = current_thread).
+    pub threads: usize,
+    /// Cores to pin to; empty = no pinning.
+    pub cpus: Vec<usize>,
+    /// Limits of the HTTP listener.
+    pub limits: Limits,
+}
+
+impl Default for TierPlan {
+    fn default() -> Self {
+        TierPlan {
+            bind: DEFAULT_BIND.parse().expect("DEFAULT_BIND parses"),
+            admin_bind: DEFAULT_BIND.parse().expect("DEFAULT_BIND parses"),
+            threads: 1,
+            cpus: Vec::new(),
+            limits: Limits {
+                drain_timeout: Duration::from_secs(2),
+                ..Limits::default()
+            },
+        }
+    }
+}
+
+impl CacheArgs {
+    /// The configuration these flags describe (not validated).
+    pub fn tier_config(&self) -> TierConfig {
+        TierConfig {
+            role: self.role,
+            name: self.name.clone(),
+            upstreams: self.upstream.clone(),
+            memory_bytes: self.memory_bytes,
+            shards: self.shards,
+            max_object_bytes: self.max_object_bytes,
+            coalesce_timeout_ms: self.coalesce_timeout_ms,
+            max_inflight_keys: self.max_inflight_keys,
+            connect_timeout_ms: self.connect_timeout_ms,
+            upstream_timeout_ms: self.upstream_timeout_ms,
+            upstream_read_timeout_ms: self.upstream_read_timeout_ms,
+            max_idle_per_upstream: self.max_idle_per_upstream,
+            pass_marker_ttl_ms: self.pass_marker_ttl_ms,
+            max_request_body_bytes: self.max_request_body_bytes,
+        }
+    }
+
+    /// Validates everything once; errors name the flag.
+    pub fn resolve(&self) -> Result<(ResolvedTier, TierPlan), CacheError> {
+        let cfg = self.tier_config().resolve().map_err(|e| match e {
+            CacheError::Invalid { field, reason } => {
+                let base = field.split('[').next().unwrap_or(&field);
+                let flag = if base == "upstreams" {
+                    "--upstream".to_string()
+                } else {
+                    format!("--{}", base.replace('_', "-"))
+                };
+                CacheError::Invalid {
+                    field: flag,
+                    reason,
+                }
+            }
+            other => other,
+        })?;
+        if self.threads == 0 || self.threads > MAX_THREADS {
+            return Err(CacheError::invalid(
+                "--threads",
+                format!("must be between 1 and {MAX_THREADS}, got {}", self.threads),
+            ));
+        }
+        let cpus = validate_cpus(&self.cpus).map_err(|r| CacheError::invalid("--cpus", r))?;
+        if self.max_connections == 0 || self.max_connections > MAX_CONNECTIONS {
+            return Err(CacheError::invalid(
+                "--max-connections",
+                format!(
+                    "must be between 1 and {MAX_CONNECTIONS}, got {}",
+                    self.max_connections
+                ),
+            ));
+        }
+        let mut plan = TierPlan {
+            bind: self.bind,
+            admin_bind: self.admin_bind,
+            threads: self.threads,
+            cpus,
+            ..TierPlan::default()
+        };
+        plan.limits.max_connections = self.max_connections;
+        plan.limits.max_body_bytes = cfg.max_request_body_bytes;
+        Ok((cfg, plan))
+    }
+}
+
+/// A tier running on the caller's runtime (see [`start`]).
+#[derive(Debug)]
+pub struct Started {
+    /// Bound address of the HTTP listener.
+    pub http_addr: SocketAddr,
+    /// Bound address of the admin listener.
+    pub admin_addr: SocketAddr,
+    /// The handler, for in-process tests (store, purges).
+    pub app: CacheApp,
+    http: JoinHandle<Result<(), CommonError>>,
+    admin: JoinHandle<Result<(), CommonError>>,
+    upkeep: JoinHandle<()>,
+}
+
+impl Started {
+    /// The readiness announcement for this server.
+    pub fn ready(&self) -> Ready {
+        let mut listeners = BTreeMap::new();
+        listeners.insert("http".to_string(), self.http_addr);
+        listeners.insert("admin".to_string(), self.admin_addr);
+        Ready {
+            system: self.app.config().role.system().to_string(),
+            pid: std::process::id(),
+            listeners,
+            tls_cert_pem: None,
+        }
+    }
+
+    /// Waits until both listeners have stopped (after the shutdown fired and the drain finished).
+    pub async fn join(self) -> Result<(), CacheError> {
+        let http = flatten("http", self.http.await);
+        let admin = flatten("admin", self.admin.await);
+        let _ = self.upkeep.await;
+        http.and(admin)
+    }
+}
+
+fn flatten(
+    task: &'static str,
+    r: Result<Result<(), CommonError>, tokio::task::JoinError>,
+) -> Result<(), CacheError> {
+    match r {
+        Ok(inner) => inner.map_err(CacheError::from),
+        Err(e) => Err(CacheError::Task {
+            task,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Binds both listeners and serves on the current tokio runtime until `shutdown` fires. Installs the global
+/// Prometheus recorder (before building the app, so its counters are live). Returns once both are listening.
+pub async fn start(
+    cfg: ResolvedTier,
+    plan: &TierPlan,
+    shutdown: Shutdown,
+) -> Result<Started, CacheError> {
+    start_with_lower_tier(cfg, plan, None, shutdown).await
+}
+
+/// [`start`] with a lower tier behind the memory tier (the disk tier's seam).
+pub async fn start_with_lower_tier(
+    cfg: ResolvedTier,
+    plan: &TierPlan,
+    lower: Option<std::sync::Arc<dyn LowerTier>>,
+    shutdown: Shutdown,
+) -> Result<Started, CacheError> {
+    let handle = metrics_handle()?;
+    let http = bind_tcp(plan.bind).await?;
+    let admin = bind_tcp(plan.admin_bind).await?;
+    let local = |l: &tokio::net::TcpListener, listener| {
+        l.local_addr()
+            .map_err(|source| CacheError::LocalAddr { listener, source })
+    };
+    let http_addr = local(&http, "http")?;
+    let admin_addr = local(&admin, "admin")?;
+    let tier = app_with_lower_tier(cfg, lower);
+    let http = tokio::spawn(serve_http(
+        http,
+        tier.clone(),
+        plan.limits.clone(),
+        shutdown.clone(),
+    ));
+    let upkeep_handle = handle.clone();
+    let mut upkeep_shutdown = shutdown.clone();
+    let upkeep = tokio::spawn(async move {
+        // Histogram buckets rotate and idle series expire only when upkeep runs.
+        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = upkeep_shutdown.wait() => break,
+                _ = tick.tick() => upkeep_handle.run_upkeep(),
+            }
+        }
+    });
+    let admin = tokio::spawn(serve_http(
+        admin,
+        CacheAdmin::new(tier.clone(), Some(handle)),
+        cache_admin_limits(),
+        shutdown,
+    ));
+    Ok(Started {
+        http_addr,
+        admin_addr,
+        app: tier,
+        http,
+        admin,
+        upkeep,
+    })
+}
+
+/// The whole tier: validate, pin CPUs, build the runtime, bind, announce `REFBENCH_READY` on stdout, serve until
+/// SIGTERM/SIGINT, drain, return.
+pub fn run(args: CacheArgs) -> Result<(), CacheError> {
+    let (cfg, plan) = args.resolve()?;
+    // Before the runtime exists, so every thread it spawns inherits the mask.
+    pin_to_cpus(&plan.cpus)?;
+    let runtime = refbench_common::runtime::build(plan.threads, cfg.role.system())
+        .map_err(CacheError::Runtime)?;
+    let result = runtime.block_on(async {
+        let (trigger, shutdown) = shutdown::channel();
+        // Handlers go in before the announce: the parent may signal us the moment it reads the line.
+        shutdown::trigger_on_signals(trigger)?;
+        let started = start(cfg, &plan, shutdown).await?;
+        announce(&started.ready());
+        started.join().await
+    });
+    runtime.shutdown_timeout(refbench_common::runtime::SHUTDOWN_TIMEOUT);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: CacheArgs,
+    }
+
+    fn parse(extra: &[&str]) -> CacheArgs {
+        let mut argv = vec!["cdn-cache"];
+        argv.extend_from_slice(extra);
+        Wrapper::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn args_resolve_and_errors_name_the_flag() {
+        let a = parse(&[
+            "--upstream",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            "--role",
+            "shield",
+        ]);
+        let (cfg, plan) = a.resolve().unwrap();
+        assert_eq!(cfg.upstreams.len(), 2);
+        assert_eq!(cfg.name, "refbench-shield");
+        assert_eq!(plan.threads, 1);
+
+        let e = parse(&["--upstream", "https://x:1"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--upstream:"), "{e}");
+        let e = parse(&["--upstream", "http://x:1", "--shards", "3"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--shards:"), "{e}");
+        let e = parse(&[
+            "--upstream",
+            "http://x:1",
+            "--max-object-bytes",
+            "999999999",
+        ])
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("--max-object-bytes:"), "{e}");
+        let e = parse(&["--upstream", "http://x:1", "--name", "bad name"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--name:"), "{e}");
+        assert!(
+            Wrapper::try_parse_from(["cdn-cache"]).is_err(),
+            "--upstream is required"
+        );
+    }
+
+    #[test]
+    fn config_defaults_need_an_upstream() {
+        let e = TierConfig::default().resolve().unwrap_err().to_string();
+        assert!(e.starts_with("upstreams:"), "{e}");
+        let cfg = TierConfig {
+            upstreams: vec!["http://127.0.0.1:9".into()],
+            ..TierConfig::default()
+        };
+        cfg.resolve().unwrap();
+    }
+}
