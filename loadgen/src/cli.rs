@@ -80,6 +80,22 @@ pub enum ServeSystem {
     Floor(refbench_floor::ServeArgs),
     /// The ledger-writer: a durable double-entry ledger (see servers/ledger-writer/API.md).
     Ledger(refbench_ledger::ServeArgs),
+    /// The cdn-cache: a cache tier (edge or shield) or the synthetic origin.
+    Cdn {
+        /// Which role.
+        #[command(subcommand)]
+        role: CdnRole,
+    },
+}
+
+/// Roles of `loadgen serve cdn`.
+#[derive(Debug, Subcommand)]
+pub enum CdnRole {
+    /// A cache tier: `--role edge` (misses go to shields by rendezvous hashing) or `--role shield` (misses go to the
+    /// origin).
+    Cache(refbench_cdn::cache::CacheArgs),
+    /// The synthetic origin: deterministic objects with cache headers, fault injection, fetch counts.
+    Origin(refbench_cdn::origin::OriginArgs),
 }
 
 fn parse_targets(raw: &[String]) -> Result<Vec<(String, String)>, String> {
@@ -182,6 +198,25 @@ pub fn main(cli: Cli) -> i32 {
                     2
                 }
             },
+            ServeSystem::Cdn { role } => {
+                let (what, r) = match role {
+                    CdnRole::Cache(args) => (
+                        "cdn cache",
+                        refbench_cdn::cache::run(args).map_err(|e| e.to_string()),
+                    ),
+                    CdnRole::Origin(args) => (
+                        "cdn origin",
+                        refbench_cdn::origin::run(args).map_err(|e| e.to_string()),
+                    ),
+                };
+                match r {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("error: {what}: {e}");
+                        2
+                    }
+                }
+            }
         },
         Command::Compare {
             baseline,
