@@ -21,6 +21,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once at start-up and matched once: the size of the largest variant (a server's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a load profile and write result.json plus Goose's report.
