@@ -3,14 +3,18 @@
 //! Layers, bottom up:
 //! - [`evict`]: the byte-bounded memory tier's eviction policy (S3-FIFO), and W-TinyLFU and LRU it is measured against.
 //! - [`cache`]: the cache tier itself (edge or shield): keys, RFC 9111 rules, request coalescing, the memory tier
-//!   store, upstream fetches with rendezvous hashing over shields, purges and `Cache-Status`.
+//!   store (with the disk tier under it), upstream fetches with rendezvous hashing over shields, purges (propagated
+//!   to shields) and `Cache-Status`.
 //! - [`disk`]: the disk tier: a byte-bounded, log-structured segment cache for what the memory tier evicts
 //!   (CRC32C-checked reads, FIFO eviction by segment, a bounded write queue, cold start).
 //! - [`origin`]: a synthetic origin for tests and benchmarks (sizes, cache headers, latency and failure injection,
 //!   fetch counts per key).
 //!
-//! Not yet: the disk tier wired under the memory tier (the `cache::LowerTier` seam), purge propagation from edges to
-//! shields, predictive prefetch, `loadgen serve cdn` and the loadgen scenario, and the peers (nginx, Varnish).
+//! The disk tier sits under the memory tier through the `cache::LowerTier` seam (`--disk-dir`, `--disk-bytes`), and
+//! an edge given its shields' admin addresses (`--upstream-admin`) purges them first and acknowledges a purge only
+//! when every tier did.
+//!
+//! Not yet: predictive prefetch, `loadgen serve cdn` and the loadgen scenario, and the peers (nginx, Varnish).
 
 pub mod cache;
 pub mod disk;

@@ -743,3 +743,242 @@ async fn hit_path_cost() {
     assert_eq!(bytes, 4096 * n as usize);
     println!("hit path: {per:?} per request ({n} requests, 4 KiB object)");
 }
+
+// ---- the disk tier under the memory tier, and purges across tiers ----
+
+/// An object size that lets a handful fill the tiny memory tier below.
+const DISK_TEST_OBJECT: &str = "size=40000";
+
+/// A tier with a 1 MiB memory tier (one shard) over a 4 MiB disk tier in `dir`.
+fn disk_tier_config(role: Role, upstreams: Vec<String>, dir: &std::path::Path) -> TierConfig {
+    TierConfig {
+        memory_bytes: 1024 * 1024,
+        shards: 1,
+        max_object_bytes: 128 * 1024,
+        disk_dir: Some(dir.to_path_buf()),
+        disk_bytes: 4 * 1024 * 1024,
+        ..tier_config(role, upstreams)
+    }
+}
+
+impl Tier {
+    fn disk(&self) -> refbench_cdn::disk::DiskTier {
+        self.started.disk.clone().expect("a disk tier")
+    }
+    fn on_disk(&self, path: &str) -> bool {
+        self.disk().contains(CacheKey::new(HOST, path).hash)
+    }
+    /// Waits until every object handed to the disk tier is written (so reads really come from the file).
+    async fn flush_disk(&self) {
+        let disk = self.disk();
+        tokio::task::spawn_blocking(move || disk.flush())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Requests enough other objects through `tier` that `target` is evicted from its memory tier, then flushes.
+async fn evict_to_disk(tier: &Tier, target: &str, tag: &str) {
+    for i in 0..48 {
+        get(
+            tier.http(),
+            &format!("/static/{tag}-fill-{i}?{DISK_TEST_OBJECT}"),
+            &[],
+        )
+        .await;
+        if !tier.stored(target) {
+            break;
+        }
+    }
+    assert!(!tier.stored(target), "{target} was not evicted from memory");
+    tier.flush_disk().await;
+    assert!(tier.on_disk(target), "{target} is not on disk");
+}
+
+async fn admin_post_status(addr: SocketAddr, target: &str) -> (StatusCode, Value) {
+    let r = send(addr, Method::POST, target, &[]).await.expect("admin");
+    let status = r.status();
+    let b = r.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&b).unwrap())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_object_evicted_from_memory_is_served_from_disk_without_an_origin_fetch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = start_origin(origin_config()).await;
+    let edge = start_tier(disk_tier_config(Role::Edge, vec![o.url()], dir.path())).await;
+    let target = &format!("/static/disk-a?{DISK_TEST_OBJECT}");
+
+    let miss = get(edge.http(), target, &[]).await;
+    assert!(miss.status_of("refbench-edge").contains("stored"));
+    evict_to_disk(&edge, target, "a").await;
+
+    let from_disk = get(edge.http(), target, &[]).await;
+    assert_eq!(from_disk.status, StatusCode::OK);
+    let st = from_disk.status_of("refbench-edge");
+    assert!(st.contains("; hit") && st.contains("detail=disk"), "{st}");
+    assert_eq!(from_disk.body, o.expected(target, &no_headers()));
+    assert_eq!(from_disk.body, miss.body);
+    assert_eq!(from_disk.header("content-length"), "40000");
+    assert_eq!(o.fetches(target), 1, "served from disk, not the origin");
+    assert!(edge.disk().stats().hits >= 1);
+
+    // Promoted: the next request is a plain memory hit.
+    assert!(edge.stored(target));
+    let hit = get(edge.http(), target, &[]).await;
+    let st = hit.status_of("refbench-edge");
+    assert!(
+        st.starts_with("refbench-edge; hit; ttl=") && !st.contains("disk"),
+        "{st}"
+    );
+    assert_eq!(hit.body, miss.body);
+    assert_eq!(o.fetches(target), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stale_disk_copy_is_revalidated_not_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = start_origin(origin_config()).await;
+    let edge = start_tier(disk_tier_config(Role::Edge, vec![o.url()], dir.path())).await;
+    // `no-cache`: stored with its ETag, stale at once.
+    let target = &format!("/nocache/disk-d?{DISK_TEST_OBJECT}");
+    let first = get(edge.http(), target, &[]).await;
+    assert!(first.status_of("refbench-edge").contains("stored"));
+    evict_to_disk(&edge, target, "d").await;
+
+    let again = get(edge.http(), target, &[]).await;
+    let st = again.status_of("refbench-edge");
+    assert!(
+        st.contains("fwd=stale")
+            && st.contains("fwd-status=304")
+            && st.contains("detail=disk")
+            && !st.contains("; hit"),
+        "{st}"
+    );
+    assert_eq!(
+        again.body, first.body,
+        "the disk copy's body, refreshed by the 304"
+    );
+    let counts = o.started.app.fetches().get(target);
+    assert_eq!((counts.fetches, counts.not_modified), (2, 1), "{counts:?}");
+    assert!(edge.stored(target), "refreshed into memory");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_corrupted_disk_record_is_never_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = start_origin(origin_config()).await;
+    let edge = start_tier(disk_tier_config(Role::Edge, vec![o.url()], dir.path())).await;
+    let target = &format!("/static/disk-b?{DISK_TEST_OBJECT}");
+    let expected = o.expected(target, &no_headers());
+
+    get(edge.http(), target, &[]).await;
+    evict_to_disk(&edge, target, "b").await;
+
+    // Flip one byte in the middle of the object's body, wherever its record landed.
+    let needle = &expected[..256];
+    let mut flipped = false;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("seg") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            let at = at + expected.len() / 2;
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            std::os::unix::fs::FileExt::write_at(&file, &[bytes[at] ^ 0x5a], at as u64).unwrap();
+            flipped = true;
+            break;
+        }
+    }
+    assert!(flipped, "the object's record was not found in any segment");
+
+    let again = get(edge.http(), target, &[]).await;
+    assert_eq!(again.status, StatusCode::OK);
+    let st = again.status_of("refbench-edge");
+    assert!(st.contains("fwd=uri-miss") && !st.contains("disk"), "{st}");
+    assert_eq!(again.body, expected, "the damaged copy was not served");
+    assert_eq!(o.fetches(target), 2, "refetched from the origin");
+    assert!(edge.disk().stats().corrupt_reads >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_purge_removes_from_edge_memory_edge_disk_and_both_shields() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = start_origin(origin_config()).await;
+    let s1 = start_tier(tier_config(Role::Shield, vec![o.url()])).await;
+    let s2 = start_tier(tier_config(Role::Shield, vec![o.url()])).await;
+    let edge = start_tier(TierConfig {
+        upstream_admins: vec![
+            format!("http://{}", s1.started.admin_addr),
+            format!("http://{}", s2.started.admin_addr),
+        ],
+        ..disk_tier_config(Role::Edge, vec![s1.url(), s2.url()], dir.path())
+    })
+    .await;
+    let target = &format!("/static/disk-c?{DISK_TEST_OBJECT}");
+
+    // The object in both shields, on the edge's disk, and (promoted) in the edge's memory.
+    get(edge.http(), target, &[]).await;
+    get(s1.http(), target, &[]).await;
+    get(s2.http(), target, &[]).await;
+    assert!(s1.stored(target) && s2.stored(target));
+    evict_to_disk(&edge, target, "c").await;
+    let promoted = get(edge.http(), target, &[]).await;
+    assert!(promoted.status_of("refbench-edge").contains("detail=disk"));
+    assert!(edge.stored(target) && edge.on_disk(target));
+    let before = o.fetches(target);
+    assert_eq!(before, 2, "one fetch per shield");
+
+    let (status, v) = admin_post_status(
+        edge.started.admin_addr,
+        "/purge?path=/static/disk-c%3Fsize%3D40000",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["upstreams"], 2, "{v}");
+    assert!(!edge.stored(target), "edge memory");
+    assert!(!edge.on_disk(target), "edge disk");
+    assert!(!s1.stored(target) && !s2.stored(target), "shields");
+
+    let after = get(edge.http(), target, &[]).await;
+    assert!(after.status_of("refbench-edge").contains("fwd=uri-miss"));
+    assert_eq!(after.body, o.expected(target, &no_headers()));
+    assert_eq!(o.fetches(target), before + 1, "the origin was asked again");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_purge_with_a_shield_down_answers_502_naming_it() {
+    let o = start_origin(origin_config()).await;
+    let s1 = start_tier(tier_config(Role::Shield, vec![o.url()])).await;
+    // A port nobody listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let edge = start_tier(TierConfig {
+        upstream_admins: vec![
+            format!("http://{}", s1.started.admin_addr),
+            format!("http://{dead}"),
+        ],
+        ..tier_config(Role::Edge, vec![s1.url(), format!("http://{dead}")])
+    })
+    .await;
+    let target = "/static/down";
+    get(edge.http(), target, &[]).await;
+    assert!(edge.stored(target) && s1.stored(target));
+
+    let (status, v) = admin_post_status(edge.started.admin_addr, "/purge?path=/static/down").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
+    let reason = v["error"].as_str().unwrap_or_default();
+    assert!(reason.contains(&format!("http://{dead}")), "{reason}");
+    assert!(
+        !reason.contains(&s1.started.admin_addr.to_string()),
+        "the live shield acknowledged: {reason}"
+    );
+    assert_eq!(v["upstreams"], 1, "{v}");
+    assert!(!edge.stored(target), "the local purge still happened");
+    assert!(!s1.stored(target), "the live shield purged");
+}

@@ -809,17 +809,26 @@ impl CacheApp {
                 Msg::Entry(e, revalidated) => {
                     let status = if revalidated {
                         core.metrics.revalidated.increment(1);
+                        // Revalidating with nothing stale in memory: the stale copy came from the lower tier.
+                        let from_lower = stale.is_none() && core.store.lower().is_some();
                         Status {
+                            fwd: if from_lower {
+                                Some(Fwd::Stale)
+                            } else {
+                                base.fwd
+                            },
                             fwd_status: Some(304),
                             stored: true,
                             ttl: Some(ttl_secs(&e, Instant::now())),
+                            detail: core.store.lower().filter(|_| from_lower).map(|l| l.name()),
                             ..base
                         }
                     } else {
                         core.metrics.hit.increment(1);
                         Status {
                             hit: true,
-                            detail: Some("lower-tier"),
+                            ttl: Some(ttl_secs(&e, Instant::now())),
+                            detail: Some(core.store.lower().map_or("lower-tier", |l| l.name())),
                             ..base
                         }
                     };
@@ -944,21 +953,35 @@ async fn fetch(
     let key = inflight.key.clone();
     let since_seq = core.store.purge_seq();
     let started = Instant::now();
+    let mut stale = stale;
+    // The lower tier answers only plain requests without credentials: its hit is handed to every waiter as a
+    // fresh hit, so request directives (`no-cache`, `max-age=0`) and `Authorization` (RFC 9111 §3.5) go upstream
+    // instead. Bounded like an upstream head: a slow disk must not hold the fetch longer than the origin would.
     if stale.is_none()
+        && plain_request(&client_headers)
+        && !client_headers.contains_key(AUTHORIZATION)
         && let Some(lower) = core.store.lower()
         && let Ok(Some(e)) =
             tokio::time::timeout(core.cfg.upstream_timeout, lower.lookup(hash)).await
     {
-        let _ = core.store.insert(
-            hash,
-            &key,
-            Stored::Object(Arc::clone(&e)),
-            e.size_bytes(),
-            since_seq,
-        );
-        core.coalescer.remove(hash, &inflight);
-        inflight.entry(&e, false);
-        return;
+        if e.freshness.is_fresh(Instant::now()) {
+            // Promotion: back into the memory tier (unless a purge intervened since the fetch started).
+            let _ = core.store.insert(
+                hash,
+                &key,
+                Stored::Object(Arc::clone(&e)),
+                e.size_bytes(),
+                since_seq,
+            );
+            core.coalescer.remove(hash, &inflight);
+            inflight.entry(&e, false);
+            return;
+        }
+        // Stale on disk: revalidate it with its validators (a 304 refreshes and stores it) rather than refetch
+        // the whole body; without validators the request is an ordinary fetch.
+        if e.headers.contains_key(ETAG) || e.headers.contains_key(LAST_MODIFIED) {
+            stale = Some(e);
+        }
     }
     let mut req = Request::new(empty_body());
     *req.uri_mut() = uri.clone();
@@ -996,6 +1019,7 @@ async fn fetch(
                 headers.remove(AGE);
                 let e = Arc::new(Entry {
                     key: old.key.clone(),
+                    path_at: old.path_at,
                     variant: old.variant,
                     status: old.status,
                     headers,
@@ -1162,6 +1186,7 @@ async fn fetch(
         stored_headers.insert(CONTENT_LENGTH, HeaderValue::from(total));
         let e = Arc::new(Entry {
             key: key.text.clone(),
+            path_at: key.path_at,
             variant: store_hash != key.hash,
             status,
             headers: stored_headers,

@@ -15,7 +15,12 @@
 //! - `coalesce`: one upstream fetch per key at a time; waiters are streamed the body as it arrives; a failed fetch
 //!   is retried by a new leader; bodies that fail or stall are never stored and never presented as complete.
 //! - [`Upstreams`]: hyper's pooled HTTP/1.1 client with connect, head and idle-body timeouts.
-//! - [`CacheApp`]: the handler; [`CacheAdmin`]: purges (by key, by prefix, all), stats, `/metrics`, `/healthz`.
+//! - `lower`: the disk tier ([`crate::disk::DiskTier`]) as the [`LowerTier`]: evicted entries are encoded into a
+//!   record (head, policy inputs, freshness, body), a memory miss looks there inside the coalesced fetch, a hit is
+//!   promoted back into memory and served with `Cache-Status: ...; hit; detail=disk`; records that do not decode
+//!   are misses, never served. Opened by [`start`] when `disk_dir` is set (`--disk-dir`, `--disk-bytes`).
+//! - [`CacheApp`]: the handler; [`CacheAdmin`]: purges (by key, by prefix, all; also applied to the disk tier and,
+//!   with `--upstream-admin`, to every upstream tier first), stats, `/metrics`, `/healthz`.
 //!
 //! Every response carries `Cache-Status` (RFC 9211, see [`Status`]); hits carry `Age`.
 //!
@@ -29,6 +34,7 @@ mod app;
 mod coalesce;
 mod error;
 mod key;
+mod lower;
 mod policy;
 mod purge;
 mod status;
@@ -37,6 +43,7 @@ mod upstream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Uri;
@@ -48,6 +55,10 @@ use refbench_common::cpu::{pin_to_cpus, validate_cpus};
 use refbench_common::http::{Limits, serve_http};
 use refbench_common::shutdown::{self, Shutdown};
 use tokio::task::JoinHandle;
+
+use crate::disk::{
+    DiskConfig, DiskTier, MAX_SEGMENT_BYTES, MAX_SEGMENTS_PER_CAPACITY, MIN_SEGMENT_BYTES,
+};
 
 pub use app::{
     CacheApp, CacheBody, CacheFuture, FetchStream, MAX_ATTEMPTS, app, app_with_lower_tier,
@@ -81,6 +92,12 @@ pub const MAX_INFLIGHT_KEYS: usize = 1_000_000;
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
 /// Largest request body forwarded for unsafe methods, bytes.
 pub const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Smallest disk tier, bytes.
+pub const MIN_DISK_BYTES: u64 = MIB;
+/// Largest disk tier, bytes (256 GiB: [`MAX_SEGMENTS_PER_CAPACITY`] segments of [`MAX_SEGMENT_BYTES`]).
+pub const MAX_DISK_BYTES: u64 = MAX_SEGMENTS_PER_CAPACITY * MAX_SEGMENT_BYTES;
+/// Default disk tier capacity, bytes (1 GiB).
+pub const DEFAULT_DISK_BYTES: u64 = 1024 * MIB;
 
 /// Which tier this is. Both behave the same; the role names the tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -142,6 +159,13 @@ pub struct TierConfig {
     pub pass_marker_ttl_ms: u64,
     /// Largest request body forwarded for unsafe methods, bytes.
     pub max_request_body_bytes: usize,
+    /// The disk tier's directory (owned by the tier: old segments there are deleted); `None` = no disk tier.
+    pub disk_dir: Option<PathBuf>,
+    /// The disk tier's capacity, bytes (used only with `disk_dir`).
+    pub disk_bytes: u64,
+    /// Admin base URLs of the upstreams (`http://host:port`, same order as `upstreams`); when given, a purge here
+    /// is first applied to every one of them. Empty = purges stay local.
+    pub upstream_admins: Vec<String>,
 }
 
 impl Default for TierConfig {
@@ -161,6 +185,9 @@ impl Default for TierConfig {
             max_idle_per_upstream: 256,
             pass_marker_ttl_ms: 5_000,
             max_request_body_bytes: MIB as usize,
+            disk_dir: None,
+            disk_bytes: DEFAULT_DISK_BYTES,
+            upstream_admins: Vec::new(),
         }
     }
 }
@@ -196,6 +223,10 @@ pub struct ResolvedTier {
     pub pass_marker_ttl: Duration,
     /// Largest forwarded request body, bytes.
     pub max_request_body_bytes: usize,
+    /// The disk tier to open under the memory tier, if any.
+    pub disk: Option<DiskConfig>,
+    /// Upstream admin base URLs purges are propagated to (empty: none).
+    pub upstream_admins: Vec<Uri>,
 }
 
 fn range_u64(field: &str, v: u64, lo: u64, hi: u64) -> Result<(), CacheError> {
@@ -206,6 +237,59 @@ fn range_u64(field: &str, v: u64, lo: u64, hi: u64) -> Result<(), CacheError> {
         ));
     }
     Ok(())
+}
+
+/// Parses a base URL `http://host:port` (no path, no query) for `field`.
+fn base_url(field: &str, u: &str) -> Result<Uri, CacheError> {
+    let uri: Uri = u
+        .parse()
+        .map_err(|e| CacheError::invalid(field, format!("not a URL: {u:?}: {e}")))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(CacheError::invalid(
+            field,
+            format!("must be http://host:port (TLS upstreams are not supported), got {u:?}"),
+        ));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(CacheError::invalid(
+            field,
+            format!("must have no path or query, got {u:?}"),
+        ));
+    }
+    Ok(uri)
+}
+
+/// The disk tier's configuration for `dir` and `capacity_bytes`: [`DiskConfig::new`]'s defaults, with segments
+/// grown so that large capacities stay within [`MAX_SEGMENTS_PER_CAPACITY`] segments.
+pub fn disk_config(dir: PathBuf, capacity_bytes: u64) -> DiskConfig {
+    let mut c = DiskConfig::new(dir, capacity_bytes);
+    c.segment_bytes = c
+        .segment_bytes
+        .max(capacity_bytes.div_ceil(MAX_SEGMENTS_PER_CAPACITY))
+        .clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
+    c
+}
+
+fn resolve_disk(dir: Option<&PathBuf>, bytes: u64) -> Result<Option<DiskConfig>, CacheError> {
+    let Some(dir) = dir else { return Ok(None) };
+    let text = dir.to_string_lossy();
+    // `--disk-dir=` or `--disk-dir -x` would otherwise create a directory named "" or "-x" (or fail late).
+    if text.trim().is_empty() || text.starts_with('-') {
+        return Err(CacheError::invalid(
+            "disk_dir",
+            format!("needs a directory path (e.g. /var/cache/refbench-edge), got {text:?}"),
+        ));
+    }
+    range_u64("disk_bytes", bytes, MIN_DISK_BYTES, MAX_DISK_BYTES)?;
+    let cfg = disk_config(dir.clone(), bytes);
+    cfg.validate().map_err(|e| match e {
+        crate::disk::DiskError::Config {
+            field: "dir",
+            reason,
+        } => CacheError::invalid("disk_dir", reason),
+        other => CacheError::invalid("disk_bytes", other.to_string()),
+    })?;
+    Ok(Some(cfg))
 }
 
 /// Whether `s` is an RFC 8941 token (the `Cache-Status` member name).
@@ -232,23 +316,7 @@ impl TierConfig {
         let mut upstreams = Vec::with_capacity(self.upstreams.len());
         for (i, u) in self.upstreams.iter().enumerate() {
             let field = format!("upstreams[{i}]");
-            let uri: Uri = u
-                .parse()
-                .map_err(|e| CacheError::invalid(&field, format!("not a URL: {u:?}: {e}")))?;
-            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-                return Err(CacheError::invalid(
-                    &field,
-                    format!(
-                        "must be http://host:port (TLS upstreams are not supported), got {u:?}"
-                    ),
-                ));
-            }
-            if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-                return Err(CacheError::invalid(
-                    &field,
-                    format!("must have no path or query, got {u:?}"),
-                ));
-            }
+            let uri = base_url(&field, u)?;
             if upstreams.contains(&uri) {
                 return Err(CacheError::invalid(
                     &field,
@@ -257,6 +325,29 @@ impl TierConfig {
             }
             upstreams.push(uri);
         }
+        if !self.upstream_admins.is_empty() && self.upstream_admins.len() != self.upstreams.len() {
+            return Err(CacheError::invalid(
+                "upstream_admins",
+                format!(
+                    "needs one admin URL per upstream, in the same order ({} upstreams), got {}",
+                    self.upstreams.len(),
+                    self.upstream_admins.len()
+                ),
+            ));
+        }
+        let mut upstream_admins = Vec::with_capacity(self.upstream_admins.len());
+        for (i, u) in self.upstream_admins.iter().enumerate() {
+            let field = format!("upstream_admins[{i}]");
+            let uri = base_url(&field, u)?;
+            if upstream_admins.contains(&uri) {
+                return Err(CacheError::invalid(
+                    &field,
+                    format!("{u:?} is listed twice"),
+                ));
+            }
+            upstream_admins.push(uri);
+        }
+        let disk = resolve_disk(self.disk_dir.as_ref(), self.disk_bytes)?;
         let name = self
             .name
             .clone()
@@ -358,6 +449,8 @@ impl TierConfig {
             max_idle_per_upstream: self.max_idle_per_upstream,
             pass_marker_ttl: Duration::from_millis(self.pass_marker_ttl_ms),
             max_request_body_bytes: self.max_request_body_bytes,
+            disk,
+            upstream_admins,
         })
     }
 }
@@ -430,6 +523,20 @@ pub struct CacheArgs {
     #[arg(long, value_name = "N", default_value_t = TierConfig::default().max_request_body_bytes)]
     pub max_request_body_bytes: usize,
 
+    /// Directory of the disk tier under the memory tier (created if missing; segment files there are deleted at
+    /// start and at exit). Default: no disk tier.
+    #[arg(long, value_name = "DIR")]
+    pub disk_dir: Option<PathBuf>,
+
+    /// Disk tier capacity, bytes (with --disk-dir).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_DISK_BYTES)]
+    pub disk_bytes: u64,
+
+    /// Admin base URL of each upstream tier (repeat, or comma-separate; same order and count as --upstream): a
+    /// purge here is applied to all of them first, and acknowledged only when all did.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub upstream_admin: Vec<String>,
+
     /// Runtime threads: 1 = tokio current_thread, n > 1 = multi_thread with n workers.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub threads: usize,
@@ -491,6 +598,9 @@ impl CacheArgs {
             max_idle_per_upstream: self.max_idle_per_upstream,
             pass_marker_ttl_ms: self.pass_marker_ttl_ms,
             max_request_body_bytes: self.max_request_body_bytes,
+            disk_dir: self.disk_dir.clone(),
+            disk_bytes: self.disk_bytes,
+            upstream_admins: self.upstream_admin.clone(),
         }
     }
 
@@ -501,6 +611,8 @@ impl CacheArgs {
                 let base = field.split('[').next().unwrap_or(&field);
                 let flag = if base == "upstreams" {
                     "--upstream".to_string()
+                } else if base == "upstream_admins" {
+                    "--upstream-admin".to_string()
                 } else {
                     format!("--{}", base.replace('_', "-"))
                 };
@@ -549,6 +661,8 @@ pub struct Started {
     pub admin_addr: SocketAddr,
     /// The handler, for in-process tests (store, purges).
     pub app: CacheApp,
+    /// The disk tier [`start`] opened from the configuration (closed, its segments deleted, by [`Started::join`]).
+    pub disk: Option<DiskTier>,
     http: JoinHandle<Result<(), CommonError>>,
     admin: JoinHandle<Result<(), CommonError>>,
     upkeep: JoinHandle<()>,
@@ -573,6 +687,16 @@ impl Started {
         let http = flatten("http", self.http.await);
         let admin = flatten("admin", self.admin.await);
         let _ = self.upkeep.await;
+        if let Some(disk) = self.disk {
+            // Joins the writer thread and deletes the segments: blocking work, off the runtime's threads.
+            let closed = tokio::task::spawn_blocking(move || disk.close()).await;
+            if let Err(e) = closed {
+                return http.and(admin).and(Err(CacheError::Task {
+                    task: "disk close",
+                    reason: e.to_string(),
+                }));
+            }
+        }
         http.and(admin)
     }
 }
@@ -591,16 +715,39 @@ fn flatten(
 }
 
 /// Binds both listeners and serves on the current tokio runtime until `shutdown` fires. Installs the global
-/// Prometheus recorder (before building the app, so its counters are live). Returns once both are listening.
+/// Prometheus recorder (before building the app, so its counters are live). Opens the disk tier when `cfg.disk`
+/// is set. Returns once both are listening.
 pub async fn start(
     cfg: ResolvedTier,
     plan: &TierPlan,
     shutdown: Shutdown,
 ) -> Result<Started, CacheError> {
-    start_with_lower_tier(cfg, plan, None, shutdown).await
+    let Some(disk_cfg) = cfg.disk.clone() else {
+        return start_with_lower_tier(cfg, plan, None, shutdown).await;
+    };
+    // Opening creates and scans the directory and spawns the writer: blocking, and done once.
+    let disk = tokio::task::spawn_blocking(move || DiskTier::open(disk_cfg))
+        .await
+        .map_err(|e| CacheError::Task {
+            task: "disk open",
+            reason: e.to_string(),
+        })?
+        .map_err(|e| CacheError::invalid("disk_dir", e.to_string()))?;
+    let lower: std::sync::Arc<dyn LowerTier> = std::sync::Arc::new(disk.clone());
+    match start_with_lower_tier(cfg, plan, Some(lower), shutdown).await {
+        Ok(mut started) => {
+            started.disk = Some(disk);
+            Ok(started)
+        }
+        Err(e) => {
+            let _ = tokio::task::spawn_blocking(move || disk.close()).await;
+            Err(e)
+        }
+    }
 }
 
-/// [`start`] with a lower tier behind the memory tier (the disk tier's seam).
+/// [`start`] with a given lower tier behind the memory tier (the disk tier's seam); `cfg.disk` is not opened
+/// (the caller owns the lower tier and its lifetime).
 pub async fn start_with_lower_tier(
     cfg: ResolvedTier,
     plan: &TierPlan,
@@ -646,6 +793,7 @@ pub async fn start_with_lower_tier(
         http_addr,
         admin_addr,
         app: tier,
+        disk: None,
         http,
         admin,
         upkeep,
@@ -732,6 +880,82 @@ mod tests {
             Wrapper::try_parse_from(["cdn-cache"]).is_err(),
             "--upstream is required"
         );
+    }
+
+    #[test]
+    fn disk_and_upstream_admin_flags_are_validated() {
+        let (cfg, _) = parse(&["--upstream", "http://x:1"]).resolve().unwrap();
+        assert!(cfg.disk.is_none() && cfg.upstream_admins.is_empty());
+        let (cfg, _) = parse(&["--upstream", "http://x:1", "--disk-dir", "/tmp/d"])
+            .resolve()
+            .unwrap();
+        let disk = cfg.disk.unwrap();
+        assert_eq!(disk.capacity_bytes, DEFAULT_DISK_BYTES);
+        disk.validate().unwrap();
+        // The largest disk still validates (segments grow instead of multiplying).
+        disk_config("/tmp/d".into(), MAX_DISK_BYTES)
+            .validate()
+            .unwrap();
+
+        for bad in [&["--disk-dir", " "][..], &["--disk-dir=-x"]] {
+            let mut argv = vec!["--upstream", "http://x:1"];
+            argv.extend_from_slice(bad);
+            let e = parse(&argv).resolve().unwrap_err().to_string();
+            assert!(e.starts_with("--disk-dir: needs a directory path"), "{e}");
+        }
+        // No value, or an empty one: clap refuses before resolving ("a value is required for '--disk-dir <DIR>'").
+        for bad in [&["--disk-dir"][..], &["--disk-dir="]] {
+            let mut argv = vec!["cdn-cache", "--upstream", "http://x:1"];
+            argv.extend_from_slice(bad);
+            assert!(Wrapper::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+        let e = parse(&[
+            "--upstream",
+            "http://x:1",
+            "--disk-dir",
+            "/tmp/d",
+            "--disk-bytes",
+            "1000",
+        ])
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("--disk-bytes:"), "{e}");
+
+        let (cfg, _) = parse(&[
+            "--upstream",
+            "http://x:1,http://x:2",
+            "--upstream-admin",
+            "http://x:11",
+            "--upstream-admin",
+            "http://x:12",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.upstream_admins.len(), 2);
+        let e = parse(&[
+            "--upstream",
+            "http://x:1,http://x:2",
+            "--upstream-admin",
+            "http://x:11",
+        ])
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--upstream-admin: needs one admin URL per upstream"),
+            "{e}"
+        );
+        let e = parse(&[
+            "--upstream",
+            "http://x:1",
+            "--upstream-admin",
+            "http://x:11/purge",
+        ])
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("--upstream-admin:"), "{e}");
     }
 
     #[test]

@@ -243,6 +243,41 @@ pub(crate) fn decide(
     }
 }
 
+/// Rebuilds the policy of a response read back from a lower tier (`http-cache-semantics` is built without serde,
+/// so the policy itself cannot be stored): a GET of the key's `path_and_query` for `host`, the stored status and
+/// headers (with `age_secs`, the age at receipt, as `Age`, since stored heads carry none), received at
+/// `received`. The original request's headers are gone, so a `Vary` response rebuilt here never matches in the
+/// crate's full check (used for requests with `Cache-Control` or `Pragma`): it is revalidated instead, which is
+/// safe, never wrong.
+pub(crate) fn rebuild_policy(
+    host: &str,
+    path_and_query: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    age_secs: u64,
+    received: SystemTime,
+) -> Option<CachePolicy> {
+    let uri: Uri = path_and_query.parse().ok()?;
+    let mut req_headers = HeaderMap::new();
+    req_headers.insert(http::header::HOST, http::HeaderValue::from_str(host).ok()?);
+    let req = ReqView {
+        uri: &uri,
+        headers: &req_headers,
+    };
+    let mut res_headers = headers.clone();
+    res_headers.insert(http::header::AGE, http::HeaderValue::from(age_secs));
+    let res = ResParts {
+        status,
+        headers: &res_headers,
+    };
+    Some(CachePolicy::new_options(
+        &req,
+        &res,
+        received,
+        CacheOptions::default(),
+    ))
+}
+
 /// Whether a stored response is fresh for `req` by the crate's full rules (used when the request carries
 /// `Cache-Control` or `Pragma`, which may shorten or extend what is acceptable).
 pub(crate) fn fresh_for_request(policy: &CachePolicy, req: &ReqView<'_>) -> bool {

@@ -4,7 +4,8 @@
 //! `refbench-shield; fwd=uri-miss; stored, refbench-edge; hit; ttl=59` (closest to the origin first). Parameters:
 //! `hit`; `fwd=uri-miss|vary-miss|stale|request|bypass|miss`; `fwd-status=N` (the upstream's status);
 //! `stored`; `collapsed` (served from another request's fetch); `ttl=N` (seconds of freshness left, negative when
-//! stale); `detail=...` (why: `stale-while-revalidate`, `stale-if-error`, `no-store`, `private`, ...).
+//! stale); `detail=...` (why: `stale-while-revalidate`, `stale-if-error`, `no-store`, `private`, `disk` for a hit
+//! or a revalidation from the disk tier, ...).
 
 use http::HeaderValue;
 use http::header::HeaderName;

@@ -8,7 +8,8 @@
 //!   store its result after the purge has been acknowledged.
 //! - **The index** maps each primary key's text to its path offset (a `BTreeMap`), so a purge by prefix is a range
 //!   scan when the host is given, a full scan otherwise; variants are found through their [`VarySpec`].
-//! - **Evicted objects** are handed to the [`LowerTier`] seam (the disk tier, not wired yet).
+//! - **Evicted objects** are handed to the [`LowerTier`] seam (the disk tier), under the index lock; purges remove
+//!   from the lower tier under the same lock, before they are logged.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -34,6 +35,8 @@ pub const PURGE_LOG_LEN: usize = 4096;
 pub struct Entry {
     /// The primary key's text (`host + path + query`).
     pub key: Box<str>,
+    /// Byte offset of the path in `key` (the host's length), for purges of objects only a lower tier holds.
+    pub path_at: usize,
     /// Whether this is a `Vary` variant (stored under a variant hash, not the primary hash).
     pub variant: bool,
     /// Response status.
@@ -141,8 +144,9 @@ impl PurgeRule {
 }
 
 /// Where the memory tier hands evicted objects and where a miss may look before going upstream: the seam for the
-/// disk tier (`crate::disk`, not wired yet). Implementations must be cheap to call from a request path (queue the
-/// work, do not block on I/O in `offer` or `remove`).
+/// disk tier (`crate::disk::DiskTier` implements it, see `cache::lower`). `offer` and `remove` are called with the
+/// store's index lock held (so a purge cannot slip between an eviction and its hand-down): they must queue work,
+/// never block on I/O.
 pub trait LowerTier: Send + Sync + std::fmt::Debug + 'static {
     /// An object the memory tier evicted; the lower tier may keep it.
     fn offer(&self, key_hash: u64, entry: Arc<Entry>);
@@ -153,6 +157,17 @@ pub trait LowerTier: Send + Sync + std::fmt::Debug + 'static {
     ) -> Pin<Box<dyn Future<Output = Option<Arc<Entry>>> + Send + '_>>;
     /// Forget a key (purge, invalidation); must take effect before any later `lookup` returns.
     fn remove(&self, key_hash: u64);
+    /// Forget every object `rule` covers, including ones the memory tier no longer knows (evicted objects and
+    /// variants whose `Vary` spec was evicted); must take effect before any later `lookup` returns. Returns how
+    /// many objects were removed. The default keeps nothing to purge.
+    fn purge(&self, rule: &PurgeRule) -> usize {
+        let _ = rule;
+        0
+    }
+    /// The `Cache-Status` detail of a hit from this tier (an sf-token).
+    fn name(&self) -> &'static str {
+        "lower-tier"
+    }
 }
 
 #[derive(Debug, Default)]
@@ -237,7 +252,7 @@ impl Store {
         size_bytes: u64,
         since_seq: u64,
     ) -> Result<(), NotStored> {
-        let evicted = {
+        let stored = {
             let mut index = self.index();
             let current = self.purge_seq.load(Ordering::Acquire);
             if current != since_seq {
@@ -264,17 +279,19 @@ impl Store {
             if evicted.stored() && primary {
                 index.keys.insert(key.text.clone(), key.path_at);
             }
-            evicted
-        };
-        let stored = evicted.stored();
-        // Hand evicted objects down outside the lock (the lower tier queues them).
-        if let Some(lower) = &self.lower {
-            for e in evicted.entries {
-                if let Stored::Object(entry) = e.value {
-                    lower.offer(e.key, entry);
+            let stored = evicted.stored();
+            // Hand evicted objects down inside the lock (the lower tier only queues them): a purge that ran
+            // between the eviction and the hand-down would miss the object in both tiers and the write would
+            // bring it back after the purge was acknowledged.
+            if let Some(lower) = &self.lower {
+                for e in evicted.entries {
+                    if let Stored::Object(entry) = e.value {
+                        lower.offer(e.key, entry);
+                    }
                 }
             }
-        }
+            stored
+        };
         if stored {
             Ok(())
         } else {
@@ -318,16 +335,19 @@ impl Store {
             removed_hashes.push(hash);
         }
         // The log entry also covers keys the index does not know yet (a fetch in flight): it stops them storing.
+        // The lower tier forgets the keys before the purge is logged and the lock released, so neither a
+        // later lookup there nor an eviction racing with the purge can bring the old object back.
+        if let Some(lower) = &self.lower {
+            for h in &removed_hashes {
+                lower.remove(*h);
+            }
+            lower.purge(&rule);
+        }
         index.log.push_back((seq, rule));
         while index.log.len() > PURGE_LOG_LEN {
             index.log.pop_front();
         }
         self.purge_seq.store(seq, Ordering::Release);
-        if let Some(lower) = &self.lower {
-            for h in &removed_hashes {
-                lower.remove(*h);
-            }
-        }
         matching.len()
     }
 
