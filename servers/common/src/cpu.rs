@@ -37,6 +37,49 @@ pub fn validate_cpus(cpus: &[usize]) -> Result<Vec<usize>, String> {
     Ok(cpus)
 }
 
+/// Most `--threads` a server accepts.
+pub const MAX_THREADS: usize = 1024;
+/// Most `--max-connections` a server accepts.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
+/// The process flags every HTTP server shares, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessFlags {
+    /// Runtime worker threads, `1..=MAX_THREADS`.
+    pub threads: usize,
+    /// CPUs to pin to, sorted and deduplicated (empty: no pinning).
+    pub cpus: Vec<usize>,
+    /// Concurrent connections, `1..=MAX_CONNECTIONS`.
+    pub max_connections: usize,
+}
+
+/// Checks `--threads`, `--cpus` and `--max-connections` once for every server; on refusal returns the flag and the
+/// reason, for the server's own error type.
+pub fn validate_process_flags(
+    threads: usize,
+    cpus: &[usize],
+    max_connections: usize,
+) -> Result<ProcessFlags, (&'static str, String)> {
+    if threads == 0 || threads > MAX_THREADS {
+        return Err((
+            "--threads",
+            format!("must be between 1 and {MAX_THREADS}, got {threads}"),
+        ));
+    }
+    let cpus = validate_cpus(cpus).map_err(|r| ("--cpus", r))?;
+    if max_connections == 0 || max_connections > MAX_CONNECTIONS {
+        return Err((
+            "--max-connections",
+            format!("must be between 1 and {MAX_CONNECTIONS}, got {max_connections}"),
+        ));
+    }
+    Ok(ProcessFlags {
+        threads,
+        cpus,
+        max_connections,
+    })
+}
+
 /// Pins the calling thread (and so every thread it spawns later) to `cpus`.
 ///
 /// An empty slice is a no-op. Fails without touching the mask if an index is
@@ -117,6 +160,23 @@ pub fn timer_slack_ns() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_flags_are_checked_by_name() {
+        let ok = validate_process_flags(2, &[0, 0], 10).expect("valid");
+        assert_eq!((ok.threads, ok.cpus, ok.max_connections), (2, vec![0], 10));
+        for (threads, cpus, conns, flag) in [
+            (0, vec![], 1, "--threads"),
+            (MAX_THREADS + 1, vec![], 1, "--threads"),
+            (1, vec![available_cpus()], 1, "--cpus"),
+            (1, vec![], 0, "--max-connections"),
+            (1, vec![], MAX_CONNECTIONS + 1, "--max-connections"),
+        ] {
+            let (named, reason) =
+                validate_process_flags(threads, &cpus, conns).expect_err("refused");
+            assert_eq!(named, flag, "{reason}");
+        }
+    }
 
     #[test]
     fn empty_is_noop() {

@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use refbench_common::admin::{metrics_handle, serve_admin};
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
-use refbench_common::cpu::{pin_to_cpus, validate_cpus};
+use refbench_common::cpu::{pin_to_cpus, validate_process_flags};
 use refbench_common::http::{Limits, serve_http};
 use refbench_common::shutdown::{self, Shutdown};
 use tokio::task::JoinHandle;
@@ -42,11 +42,8 @@ pub use model::{DelayModel, EXP_CAP_MEANS, MAX_DELAY_US, MAX_STALL_EVERY_MS, Sta
 /// The `system` name in the readiness line.
 pub const SYSTEM: &str = "floor";
 
-/// Most runtime worker threads accepted by `--threads`.
-pub const MAX_THREADS: usize = 1024;
-
-/// Most concurrent connections accepted by `--max-connections`.
-pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// Limits of `--threads` and `--max-connections`, shared by every server.
+pub use refbench_common::cpu::{MAX_CONNECTIONS, MAX_THREADS};
 
 /// Largest accepted `--max-request-body-bytes` (64 MiB).
 pub const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -191,22 +188,9 @@ impl ServeArgs {
                 ));
             }
         };
-        if self.threads == 0 || self.threads > MAX_THREADS {
-            return Err(FloorError::invalid(
-                "--threads",
-                format!("must be between 1 and {MAX_THREADS}, got {}", self.threads),
-            ));
-        }
-        let cpus = validate_cpus(&self.cpus).map_err(|r| FloorError::invalid("--cpus", r))?;
-        if self.max_connections == 0 || self.max_connections > MAX_CONNECTIONS {
-            return Err(FloorError::invalid(
-                "--max-connections",
-                format!(
-                    "must be between 1 and {MAX_CONNECTIONS}, got {}",
-                    self.max_connections
-                ),
-            ));
-        }
+        let process = validate_process_flags(self.threads, &self.cpus, self.max_connections)
+            .map_err(|(flag, reason)| FloorError::invalid(flag, reason))?;
+        let cpus = process.cpus;
         if self.max_request_body_bytes > MAX_REQUEST_BODY_BYTES {
             return Err(FloorError::invalid(
                 "--max-request-body-bytes",

@@ -51,7 +51,7 @@ use refbench_common::CommonError;
 use refbench_common::admin::{UPKEEP_INTERVAL, metrics_handle};
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
-use refbench_common::cpu::{pin_to_cpus, validate_cpus};
+use refbench_common::cpu::{pin_to_cpus, validate_process_flags};
 use refbench_common::http::{Limits, serve_http};
 use refbench_common::shutdown::{self, Shutdown};
 use tokio::task::JoinHandle;
@@ -78,10 +78,8 @@ const MIB: u64 = 1024 * 1024;
 
 /// Most upstreams (shields) per tier.
 pub const MAX_UPSTREAMS: usize = 64;
-/// Most runtime worker threads accepted by `--threads`.
-pub const MAX_THREADS: usize = 1024;
-/// Most concurrent connections accepted by `--max-connections`.
-pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// Limits of `--threads` and `--max-connections`, shared by every server.
+pub use refbench_common::cpu::{MAX_CONNECTIONS, MAX_THREADS};
 /// Largest memory tier, bytes (1 TiB).
 pub const MAX_MEMORY_BYTES: u64 = 1024 * 1024 * MIB;
 /// Smallest memory tier, bytes.
@@ -623,22 +621,9 @@ impl CacheArgs {
             }
             other => other,
         })?;
-        if self.threads == 0 || self.threads > MAX_THREADS {
-            return Err(CacheError::invalid(
-                "--threads",
-                format!("must be between 1 and {MAX_THREADS}, got {}", self.threads),
-            ));
-        }
-        let cpus = validate_cpus(&self.cpus).map_err(|r| CacheError::invalid("--cpus", r))?;
-        if self.max_connections == 0 || self.max_connections > MAX_CONNECTIONS {
-            return Err(CacheError::invalid(
-                "--max-connections",
-                format!(
-                    "must be between 1 and {MAX_CONNECTIONS}, got {}",
-                    self.max_connections
-                ),
-            ));
-        }
+        let process = validate_process_flags(self.threads, &self.cpus, self.max_connections)
+            .map_err(|(flag, reason)| CacheError::invalid(flag, reason))?;
+        let cpus = process.cpus;
         let mut plan = TierPlan {
             bind: self.bind,
             admin_bind: self.admin_bind,

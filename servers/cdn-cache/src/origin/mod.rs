@@ -112,7 +112,7 @@ use refbench_common::CommonError;
 use refbench_common::admin::metrics_handle;
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
-use refbench_common::cpu::{pin_to_cpus, validate_cpus};
+use refbench_common::cpu::{pin_to_cpus, validate_process_flags};
 use refbench_common::http::{Limits, serve_http};
 use refbench_common::shutdown::{self, Shutdown};
 use tokio::net::TcpListener;
@@ -141,11 +141,8 @@ pub use state::{FetchCounts, KeyCounts, MAX_PREFIX_BUMPS};
 /// The `system` name in the readiness line.
 pub const SYSTEM: &str = "cdn-origin";
 
-/// Most runtime worker threads accepted by `--threads`.
-pub const MAX_THREADS: usize = 1024;
-
-/// Most concurrent connections accepted by `--max-connections`.
-pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// Limits of `--threads` and `--max-connections`, shared by every server.
+pub use refbench_common::cpu::{MAX_CONNECTIONS, MAX_THREADS};
 
 /// How long in-flight responses get when the main listener stops or the
 /// server shuts down; short, because hanging bodies never finish by themselves.
@@ -329,22 +326,9 @@ impl OriginArgs {
             cfg.injections.push(global);
         }
         let resolved = cfg.resolve()?;
-        if self.threads == 0 || self.threads > MAX_THREADS {
-            return Err(OriginError::invalid(
-                "--threads",
-                format!("must be between 1 and {MAX_THREADS}, got {}", self.threads),
-            ));
-        }
-        let cpus = validate_cpus(&self.cpus).map_err(|r| OriginError::invalid("--cpus", r))?;
-        if self.max_connections == 0 || self.max_connections > MAX_CONNECTIONS {
-            return Err(OriginError::invalid(
-                "--max-connections",
-                format!(
-                    "must be between 1 and {MAX_CONNECTIONS}, got {}",
-                    self.max_connections
-                ),
-            ));
-        }
+        let process = validate_process_flags(self.threads, &self.cpus, self.max_connections)
+            .map_err(|(flag, reason)| OriginError::invalid(flag, reason))?;
+        let cpus = process.cpus;
         let mut plan = OriginPlan {
             bind: self.bind,
             admin_bind: self.admin_bind,
