@@ -20,3 +20,4 @@ pub mod cache;
 pub mod disk;
 pub mod evict;
 pub mod origin;
+mod query;

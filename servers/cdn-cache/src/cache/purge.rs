@@ -20,6 +20,7 @@
 //! so then no tier serves the old object; otherwise 502 with an `error` naming each upstream that did not (the local
 //! purge still happened, and repeating the purge is safe).
 
+use crate::query::param;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -91,36 +92,6 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
 
 fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response<Full<Bytes>> {
     json_response(status, &json!({ "error": reason.to_string() }))
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn param(query: Option<&str>, name: &str) -> Result<Option<String>, String> {
-    let Some(q) = query else { return Ok(None) };
-    for kv in q.split('&') {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        if k == name {
-            return percent_decode(v)
-                .map(Some)
-                .ok_or_else(|| format!("{name}: bad percent-encoding"));
-        }
-    }
-    Ok(None)
 }
 
 impl CacheAdmin {

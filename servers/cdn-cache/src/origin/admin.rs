@@ -3,6 +3,7 @@
 //! under a prefix of the main port, so they keep working while the main
 //! listener is refusing connections or closing them ("origin down").
 
+use crate::query::param;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -76,38 +77,6 @@ fn not_allowed(allow: &'static str) -> Response<OriginBody> {
     r.headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
     r
-}
-
-/// Percent-decodes a query value (`+` is a literal plus: keys are paths).
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// The decoded value of query parameter `name`; `Err` names a bad encoding.
-fn param(query: Option<&str>, name: &str) -> Result<Option<String>, String> {
-    let Some(q) = query else { return Ok(None) };
-    for kv in q.split('&') {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        if k == name {
-            return percent_decode(v)
-                .map(Some)
-                .ok_or_else(|| format!("{name}: bad percent-encoding"));
-        }
-    }
-    Ok(None)
 }
 
 impl OriginAdmin {
@@ -330,6 +299,7 @@ pub(crate) async fn upkeep(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::query::percent_decode;
 
     #[test]
     fn decoding() {
