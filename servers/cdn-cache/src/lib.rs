@@ -14,7 +14,10 @@
 //! an edge given its shields' admin addresses (`--upstream-admin`) purges them first and acknowledges a purge only
 //! when every tier did.
 //!
-//! Not yet: predictive prefetch, `loadgen serve cdn` and the loadgen scenario, and the peers (nginx, Varnish).
+//! Predictive prefetch of sequential objects (`--prefetch-segments`, off by default) fetches the segments after a
+//! requested `seg-{n}` through the coalesced fetch path and reports its precision (`cache` module docs).
+//!
+//! Not yet: `loadgen serve cdn` and the loadgen scenario, and the peers (nginx, Varnish).
 
 pub mod cache;
 pub mod disk;

@@ -6,6 +6,9 @@
 //! flight). Requests with `Authorization` are served from storage only when the stored response allows it
 //! (`public`, `s-maxage`, `must-revalidate`), otherwise forwarded uncoalesced and not stored unless the response
 //! allows it (RFC 9111 §3.5; the policy decides).
+//!
+//! With prefetch on (`cache::prefetch`), a client GET of a segment also starts background fetches of the next
+//! segments; they lead ordinary coalesced fetches ([`fetch`] with a marked `Inflight`), so clients join them.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,13 +20,15 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::header::{
     AGE, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE,
-    DATE, ETAG, EXPECT, EXPIRES, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
+    DATE, ETAG, EXPECT, EXPIRES, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
     IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, request};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::Service;
+use refbench_common::shutdown::Shutdown;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Sleep;
 
@@ -32,6 +37,9 @@ use super::coalesce::{Coalescer, Head, Inflight, Joined, Msg};
 use super::error::FetchError;
 use super::key::{CacheKey, VaryKind, VarySpec, variant_hash};
 use super::policy::{ReqView, decide, fresh_for_request, plain_request, refresh};
+use super::prefetch::{
+    Counts, Outcome, PREFETCH_HEADER, PrefetchMark, Prefetcher, candidate, parse_segment,
+};
 use super::status::{CACHE_STATUS, Fwd, Status};
 use super::store::{Entry, PassMarker, PurgeRule, Store, Stored};
 use super::upstream::{BoxError, UpstreamBody, Upstreams};
@@ -116,6 +124,7 @@ pub(crate) struct Core {
     pub(crate) cfg: ResolvedTier,
     pub(crate) store: Store,
     pub(crate) coalescer: Coalescer,
+    pub(crate) prefetch: Prefetcher,
     upstreams: Upstreams,
     metrics: Metrics,
 }
@@ -143,6 +152,8 @@ pub fn app_with_lower_tier(
             // Validated in `TierConfig::resolve`; a single shard is always accepted.
             Store::new(cfg.memory_bytes, 1, cfg.max_object_bytes, None).expect("one shard is valid")
         });
+    let counts = Arc::new(Counts::new(&cfg.name));
+    let store = store.with_prefetch_counts(Arc::clone(&counts));
     let upstreams = Upstreams::new(
         &cfg.upstreams,
         cfg.connect_timeout,
@@ -153,6 +164,7 @@ pub fn app_with_lower_tier(
         core: Arc::new(Core {
             metrics: Metrics::new(&cfg.name),
             coalescer: Coalescer::new(cfg.max_inflight_keys),
+            prefetch: Prefetcher::new(cfg.prefetch.clone(), counts),
             store,
             upstreams,
             cfg,
@@ -405,6 +417,21 @@ impl CacheApp {
         self.core.coalescer.len()
     }
 
+    /// The prefetch counts and settings, as `/stats` reports them (the `prefetch` object).
+    pub fn prefetch_stats(&self) -> serde_json::Value {
+        self.core.prefetch.stats()
+    }
+
+    /// How many prefetches ended in (or were skipped with) `outcome` so far.
+    pub fn prefetch_count(&self, outcome: Outcome) -> u64 {
+        self.core.prefetch.counts.get(outcome)
+    }
+
+    /// Prefetches running now.
+    pub fn prefetch_inflight(&self) -> usize {
+        self.core.prefetch.inflight()
+    }
+
     /// Removes what `rule` covers from storage and unregisters the fetches in flight for it (they will not store
     /// their result); once this returns, no request to this tier is served the old object. Returns
     /// `(primary keys removed, fetches cancelled)`.
@@ -635,6 +662,76 @@ impl CacheApp {
         }
     }
 
+    /// Starts background fetches of the segments after the one `req` asks for (see `cache::prefetch`). Only
+    /// non-blocking work: it never waits, for a slot or anything else.
+    fn prefetch_after(&self, req: &request::Parts) {
+        let core = &*self.core;
+        let p = &core.prefetch;
+        if p.stopping() || req.uri.query().is_some() {
+            return;
+        }
+        let Some(seg) = parse_segment(req.uri.path(), &p.cfg.prefixes) else {
+            return;
+        };
+        let host = req.headers.get(HOST);
+        // The key's host as `CacheKey::of_request` takes it (authority, else `Host`), so the candidate's key is
+        // the one a client's request for it will have.
+        let key_host = match req.uri.authority() {
+            Some(a) => a.as_str(),
+            None => host.and_then(|v| v.to_str().ok()).unwrap_or(""),
+        };
+        for i in 1..=p.cfg.segments as u64 {
+            let path = seg.next(i);
+            let key = CacheKey::new(key_host, &path);
+            // `contains` records no access: a prefetch must not make the eviction policy think a client wanted it.
+            if core.store.contains(key.hash)
+                || core.store.lower().is_some_and(|l| l.contains(key.hash))
+            {
+                p.counts.count(Outcome::SkippedCached);
+                continue;
+            }
+            if core.coalescer.in_flight(key.hash) {
+                p.counts.count(Outcome::SkippedInflight);
+                continue;
+            }
+            // Built only for a prefetch that will run: the common case (already stored) allocates little.
+            let Some((uri, headers)) = candidate(&req.uri, host, &path) else {
+                continue;
+            };
+            let Some(slot) = p.slot() else {
+                p.counts.count(Outcome::DroppedFull);
+                continue;
+            };
+            let (inflight, rx) =
+                match core
+                    .coalescer
+                    .lead(key.hash, &key, Arc::new(PrefetchMark::new()))
+                {
+                    Ok(led) => led,
+                    Err(true) => {
+                        p.counts.count(Outcome::SkippedInflight);
+                        continue;
+                    }
+                    Err(false) => {
+                        p.counts.count(Outcome::DroppedFull);
+                        continue;
+                    }
+                };
+            // Nobody reads the leader's channel: the fetch is for the store (and for clients that join it).
+            drop(rx);
+            p.counts.count(Outcome::Issued);
+            tokio::spawn(prefetch_task(
+                Arc::clone(&self.core),
+                inflight,
+                key.hash,
+                uri,
+                headers,
+                slot,
+                p.shutdown(),
+            ));
+        }
+    }
+
     /// Handles one request.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<CacheBody>
     where
@@ -650,6 +747,15 @@ impl CacheApp {
         let key = CacheKey::of_request(&parts.uri, &parts.headers);
         let authorized = parts.headers.contains_key(AUTHORIZATION);
         let plain = plain_request(&parts.headers);
+        // A prefetch never triggers another (a shield behind a prefetching edge), and a request with credentials
+        // does not: its segments may need them, and a prefetch does not forward them.
+        if core.prefetch.enabled()
+            && parts.method == Method::GET
+            && !authorized
+            && !parts.headers.contains_key(PREFETCH_HEADER)
+        {
+            self.prefetch_after(&parts);
+        }
         let mut last_error = None;
         let mut stale_seen: Option<Arc<Entry>> = None;
         for attempt in 0..MAX_ATTEMPTS {
@@ -671,6 +777,13 @@ impl CacheApp {
                         };
                         return self.pass(&parts, &key, status).await;
                     }
+                    // A prefetched object's first client use (served, or revalidated as the stale copy).
+                    let prefetched = e.prefetch.as_ref().is_some_and(|m| {
+                        if m.claim() {
+                            core.prefetch.counts.count(Outcome::Used);
+                        }
+                        true
+                    });
                     let fresh = if plain {
                         e.freshness.is_fresh(now)
                     } else {
@@ -682,7 +795,11 @@ impl CacheApp {
                     };
                     if fresh {
                         core.metrics.hit.increment(1);
-                        return self.serve_entry(&parts, &e, &Status::hit(ttl_secs(&e, now)));
+                        let status = Status {
+                            detail: prefetched.then_some("prefetch"),
+                            ..Status::hit(ttl_secs(&e, now))
+                        };
+                        return self.serve_entry(&parts, &e, &status);
                     }
                     if plain && e.freshness.within_swr(now) {
                         core.metrics.stale_while_revalidate.increment(1);
@@ -714,7 +831,7 @@ impl CacheApp {
             } else {
                 core.coalescer.join(hash, &key)
             };
-            let (rx, collapsed) = match joined {
+            let (rx, collapsed, via_prefetch) = match joined {
                 Joined::Ended => continue,
                 Joined::Full => {
                     let status = Status {
@@ -742,11 +859,18 @@ impl CacheApp {
                         stale.clone(),
                         attempt,
                     ));
-                    (rx, false)
+                    (rx, false, false)
                 }
-                Joined::Follower(rx) => {
+                Joined::Follower(rx, mark) => {
                     core.metrics.collapsed.increment(1);
-                    (rx, true)
+                    // Served by a prefetch still in flight: that prefetch was used (counted now if its result is
+                    // stored already, else by the fetch when it stores).
+                    if let Some(m) = &mark
+                        && m.join()
+                    {
+                        core.prefetch.counts.count(Outcome::Used);
+                    }
+                    (rx, true, mark.is_some())
                 }
             };
             let mut rx = rx;
@@ -801,7 +925,9 @@ impl CacheApp {
                     let status = Status {
                         fwd_status: Some(h.status.as_u16()),
                         stored: h.storing,
-                        detail: (!h.reason.is_empty()).then_some(h.reason),
+                        detail: (!h.reason.is_empty())
+                            .then_some(h.reason)
+                            .or(via_prefetch.then_some("prefetch")),
                         ..base
                     };
                     return self.serve_head(&parts, &h, rx, &status);
@@ -908,11 +1034,56 @@ impl CacheApp {
     }
 }
 
+/// How a fetch ended, for a prefetch's accounting (client fetches ignore it: their waiters were told).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetched {
+    /// The response is in the memory tier now.
+    Stored,
+    /// A complete response that was not stored (policy, size, purge, refused by the memory tier).
+    NotStored,
+    /// No complete response, or (a prefetch) a status it does not store.
+    Failed,
+    /// Found in the lower tier (and promoted), no upstream request.
+    FromLower,
+}
+
 /// Ends a fetch with an error: unregister first (waiters retrying start a new fetch), then tell them.
-fn fail(core: &Core, inflight: &Arc<Inflight>, hash: u64, e: &FetchError) {
+fn fail(core: &Core, inflight: &Arc<Inflight>, hash: u64, e: &FetchError) -> Fetched {
     core.metrics.fetch_failed.increment(1);
     core.coalescer.remove(hash, inflight);
     inflight.fail(e);
+    Fetched::Failed
+}
+
+/// A prefetch: one marked fetch, holding one of the `max_inflight` slots until it ends, stopped when the tier
+/// shuts down (dropping the fetch fails its waiters, if any, who then fetch on their own). `Stored` (and `used`,
+/// when a client joined) is counted by [`fetch`] when it stores, so the counts never show a use before its store.
+async fn prefetch_task(
+    core: Arc<Core>,
+    inflight: Arc<Inflight>,
+    hash: u64,
+    uri: http::Uri,
+    headers: HeaderMap,
+    slot: OwnedSemaphorePermit,
+    shutdown: Option<Shutdown>,
+) {
+    let _slot = slot;
+    let run = fetch(Arc::clone(&core), inflight, hash, uri, headers, None, 0);
+    let ended = match shutdown {
+        Some(mut s) => tokio::select! {
+            f = run => Some(f),
+            () = s.wait() => None,
+        },
+        None => Some(run.await),
+    };
+    let counts = &core.prefetch.counts;
+    match ended {
+        Some(Fetched::Stored) => {}
+        Some(Fetched::NotStored) => counts.count(Outcome::NotStored),
+        Some(Fetched::FromLower) => counts.count(Outcome::SkippedCached),
+        Some(Fetched::Failed) => counts.count(Outcome::Failed),
+        None => counts.count(Outcome::Cancelled),
+    }
 }
 
 /// Ends a fetch that stopped without a terminal message (a panic, or the runtime shutting down): its waiters get
@@ -944,7 +1115,7 @@ async fn fetch(
     client_headers: HeaderMap,
     stale: Option<Arc<Entry>>,
     attempt: usize,
-) {
+) -> Fetched {
     let _abandon = Abandon {
         core: Arc::clone(&core),
         inflight: Arc::clone(&inflight),
@@ -975,7 +1146,7 @@ async fn fetch(
             );
             core.coalescer.remove(hash, &inflight);
             inflight.entry(&e, false);
-            return;
+            return Fetched::FromLower;
         }
         // Stale on disk: revalidate it with its validators (a 304 refreshes and stores it) rather than refetch
         // the whole body; without validators the request is an ordinary fetch.
@@ -1005,7 +1176,7 @@ async fn fetch(
         && let Some(old) = &stale
     {
         core.metrics.fetch_ok.increment(1);
-        match refresh(
+        return match refresh(
             &old.policy,
             &old.headers,
             &view,
@@ -1028,38 +1199,56 @@ async fn fetch(
                     policy: r.policy,
                     directives: r.directives,
                     freshness: r.freshness,
+                    prefetch: None,
                 });
-                match core.store.insert(
+                let stored = match core.store.insert(
                     hash,
                     &key,
                     Stored::Object(Arc::clone(&e)),
                     e.size_bytes(),
                     since_seq,
                 ) {
-                    Ok(()) => core.metrics.stored.increment(1),
-                    Err(_) => core.metrics.not_stored.increment(1),
-                }
+                    Ok(()) => {
+                        core.metrics.stored.increment(1);
+                        Fetched::Stored
+                    }
+                    Err(_) => {
+                        core.metrics.not_stored.increment(1);
+                        Fetched::NotStored
+                    }
+                };
                 core.coalescer.remove(hash, &inflight);
                 inflight.entry(&e, true);
+                stored
             }
             None => {
                 core.store.purge(PurgeRule::exact(&key));
-                fail(&core, &inflight, hash, &FetchError::NotModifiedMismatch);
+                fail(&core, &inflight, hash, &FetchError::NotModifiedMismatch)
             }
-        }
-        return;
+        };
     }
     let d = decide(&view, status, resp.headers(), received, at);
     let headers = strip_hop_by_hop(resp.headers());
     let content_length = parse_content_length(&headers);
     let max = core.cfg.max_object_bytes;
     let too_large = content_length.is_some_and(|n| n > max);
+    // A prefetch stores only what a player would use: an error page (a 404 past the last segment) is not a
+    // segment, whatever its headers say.
+    let prefetch = inflight.mark.is_some();
+    let refused_status = prefetch && !status.is_success();
+    let unstored = if refused_status {
+        Fetched::Failed
+    } else {
+        Fetched::NotStored
+    };
     if !d.shareable || too_large {
         core.metrics.fetch_ok.increment(1);
         core.metrics.not_stored.increment(1);
         // Hit-for-pass: the next requests for this URI skip coalescing instead of queueing behind each other for
-        // a response they cannot share. Not for errors: the next response may well be cacheable.
-        if !status.is_server_error()
+        // a response they cannot share. Not for errors: the next response may well be cacheable. Not from a
+        // prefetch: it stores nothing, and a client's own request will decide.
+        if !prefetch
+            && !status.is_server_error()
             && d.reason != "authorization"
             && core.cfg.pass_marker_ttl > Duration::ZERO
         {
@@ -1084,7 +1273,7 @@ async fn fetch(
         parts.headers = headers;
         let reason = if too_large { "too-large" } else { d.reason };
         inflight.pass(Response::from_parts(parts, body), reason);
-        return;
+        return unstored;
     }
     // Shareable. A Vary response goes under its variant key, with the spec under the primary key; the spec is
     // stored now (not at the end) so requests for other variants stop coalescing on the primary key at once.
@@ -1115,7 +1304,7 @@ async fn fetch(
         }
         _ => (key.hash, None),
     };
-    let storing = d.storable && vary.as_ref().is_none_or(|v| v.2);
+    let storing = d.storable && vary.as_ref().is_none_or(|v| v.2) && !refused_status;
     let head = Arc::new(Head {
         status,
         headers: headers.clone(),
@@ -1123,6 +1312,8 @@ async fn fetch(
         vary: vary.map(|(names, variant, _)| (names, variant)),
         reason: if storing {
             ""
+        } else if refused_status {
+            "prefetch-status"
         } else if d.reason.is_empty() {
             "variants-full"
         } else {
@@ -1167,7 +1358,7 @@ async fn fetch(
             // Nobody is reading and nothing will be stored: stop pulling the body.
             core.coalescer.remove(hash, &inflight);
             inflight.end();
-            return;
+            return unstored;
         }
     }
     if let Some(n) = content_length
@@ -1180,7 +1371,10 @@ async fn fetch(
         return fail(&core, &inflight, hash, &e);
     }
     core.metrics.fetch_ok.increment(1);
+    let mut ended = unstored;
     if storing {
+        // Armed before the insert, so an eviction right after it already sees a stored, unused prefetch.
+        let joined = inflight.mark.as_ref().is_some_and(|m| m.arm());
         let mut stored_headers = headers;
         stored_headers.remove(AGE);
         stored_headers.insert(CONTENT_LENGTH, HeaderValue::from(total));
@@ -1195,6 +1389,7 @@ async fn fetch(
             policy: d.policy,
             directives: d.directives,
             freshness: d.freshness,
+            prefetch: inflight.mark.clone(),
         });
         match core.store.insert(
             store_hash,
@@ -1203,8 +1398,22 @@ async fn fetch(
             e.size_bytes(),
             since_seq,
         ) {
-            Ok(()) => core.metrics.stored.increment(1),
-            Err(_) => core.metrics.not_stored.increment(1),
+            Ok(()) => {
+                core.metrics.stored.increment(1);
+                ended = Fetched::Stored;
+                if prefetch {
+                    core.prefetch.counts.count(Outcome::Stored);
+                    if joined {
+                        core.prefetch.counts.count(Outcome::Used);
+                    }
+                }
+            }
+            Err(_) => {
+                core.metrics.not_stored.increment(1);
+                if let Some(m) = &inflight.mark {
+                    m.disarm();
+                }
+            }
         }
     } else {
         core.metrics.not_stored.increment(1);
@@ -1213,6 +1422,7 @@ async fn fetch(
     // one arriving after finds the stored object. Never a window with neither.
     core.coalescer.remove(hash, &inflight);
     inflight.end();
+    ended
 }
 
 /// The response future of [`CacheApp`]'s [`Service`] impl.

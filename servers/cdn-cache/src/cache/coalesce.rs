@@ -23,6 +23,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::error::FetchError;
 use super::key::CacheKey;
+use super::prefetch::PrefetchMark;
 use super::store::{Entry, PurgeRule};
 
 /// A response head shared with every subscriber.
@@ -73,6 +74,8 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Inflight {
     pub(crate) key: CacheKey,
+    /// Set when a prefetch leads this fetch: the stored object carries it, and clients joining claim it.
+    pub(crate) mark: Option<Arc<PrefetchMark>>,
     state: Mutex<State>,
 }
 
@@ -83,9 +86,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inflight {
-    fn new(key: CacheKey) -> Self {
+    fn new(key: CacheKey, mark: Option<Arc<PrefetchMark>>) -> Self {
         Inflight {
             key,
+            mark,
             state: Mutex::new(State::default()),
         }
     }
@@ -182,8 +186,8 @@ impl Inflight {
 pub(crate) enum Joined {
     /// First for the key: run the fetch (its receiver is subscriber 0).
     Leader(Arc<Inflight>, UnboundedReceiver<Msg>),
-    /// Another request's fetch is in flight: wait on it.
-    Follower(UnboundedReceiver<Msg>),
+    /// Another request's fetch is in flight: wait on it (with the fetch's prefetch mark, if a prefetch leads it).
+    Follower(UnboundedReceiver<Msg>, Option<Arc<PrefetchMark>>),
     /// The fetch just ended: look the store up again.
     Ended,
     /// Too many keys in flight: go upstream uncoalesced.
@@ -210,14 +214,14 @@ impl Coalescer {
         let mut map = lock(&self.map);
         if let Some(f) = map.get(&hash) {
             return match f.subscribe() {
-                Some(rx) => Joined::Follower(rx),
+                Some(rx) => Joined::Follower(rx, f.mark.clone()),
                 None => Joined::Ended,
             };
         }
         if map.len() >= self.max_keys {
             return Joined::Full;
         }
-        let f = Arc::new(Inflight::new(key.clone()));
+        let f = Arc::new(Inflight::new(key.clone(), None));
         let Some(rx) = f.subscribe() else {
             return Joined::Full; // unreachable: a new fetch is open
         };
@@ -225,10 +229,32 @@ impl Coalescer {
         Joined::Leader(f, rx)
     }
 
+    /// Registers a prefetch as the leader of a new fetch for `hash`, marked with `mark`; never joins a fetch in
+    /// flight (a prefetch has nobody to serve). `Err(true)` when a fetch for the key is in flight, `Err(false)`
+    /// when `max_keys` are.
+    pub(crate) fn lead(
+        &self,
+        hash: u64,
+        key: &CacheKey,
+        mark: Arc<PrefetchMark>,
+    ) -> Result<(Arc<Inflight>, UnboundedReceiver<Msg>), bool> {
+        let mut map = lock(&self.map);
+        if map.contains_key(&hash) {
+            return Err(true);
+        }
+        if map.len() >= self.max_keys {
+            return Err(false);
+        }
+        let f = Arc::new(Inflight::new(key.clone(), Some(mark)));
+        let rx = f.subscribe().ok_or(false)?; // unreachable: a new fetch is open
+        map.insert(hash, Arc::clone(&f));
+        Ok((f, rx))
+    }
+
     /// A fetch nobody can join (for requests whose response may be theirs alone, e.g. with `Authorization`): the
     /// same fetch machinery, never registered.
     pub(crate) fn solo(&self, key: &CacheKey) -> Joined {
-        let f = Arc::new(Inflight::new(key.clone()));
+        let f = Arc::new(Inflight::new(key.clone(), None));
         match f.subscribe() {
             Some(rx) => Joined::Leader(f, rx),
             None => Joined::Full, // unreachable: a new fetch is open

@@ -211,6 +211,8 @@ pub(crate) fn decode(
             stale_while_revalidate,
             stale_if_error,
         },
+        // A prefetch mark does not survive the trip down: see `cache::prefetch`.
+        prefetch: None,
     })
 }
 
@@ -250,6 +252,10 @@ impl LowerTier for DiskTier {
 
     fn remove(&self, key_hash: u64) {
         DiskTier::remove(self, key_hash);
+    }
+
+    fn contains(&self, key_hash: u64) -> bool {
+        DiskTier::contains(self, key_hash)
     }
 
     /// O(entries) under the disk index lock (lookups wait for it), but only a slice compare per entry.
@@ -305,6 +311,7 @@ mod tests {
             policy: d.policy,
             directives: d.directives,
             freshness: d.freshness,
+            prefetch: None,
         };
         let hash = hash_parts(&[key.as_bytes()]);
         let meta = encode_meta(&e, now, wall).unwrap();

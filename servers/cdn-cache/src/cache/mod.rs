@@ -19,16 +19,28 @@
 //!   record (head, policy inputs, freshness, body), a memory miss looks there inside the coalesced fetch, a hit is
 //!   promoted back into memory and served with `Cache-Status: ...; hit; detail=disk`; records that do not decode
 //!   are misses, never served. Opened by [`start`] when `disk_dir` is set (`--disk-dir`, `--disk-bytes`).
+//! - `prefetch`: predictive prefetch of sequential objects (`--prefetch-segments K`, off by default): a client GET
+//!   of `.../seg-{n}.{ext}` under a `--prefetch-prefix` fetches `seg-{n+1}` ..= `seg-{n+K}` in the background
+//!   through the coalesced fetch path (bounded by `--prefetch-max-inflight`), and counts how many prefetched
+//!   objects clients used before they left memory (`cdn_cache_prefetch_total{tier,outcome}`, `/stats`).
 //! - [`CacheApp`]: the handler; [`CacheAdmin`]: purges (by key, by prefix, all; also applied to the disk tier and,
 //!   with `--upstream-admin`, to every upstream tier first), stats, `/metrics`, `/healthz`.
 //!
 //! Every response carries `Cache-Status` (RFC 9211, see [`Status`]); hits carry `Age`.
 //!
+//! Metrics (Prometheus, label `tier` = the `Cache-Status` name): `cdn_cache_requests_total{outcome}` (hit,
+//! stale_while_revalidate, stale_if_error, miss, revalidated, collapsed, pass, error), `cdn_cache_stored_total`,
+//! `cdn_cache_not_stored_total`, `cdn_cache_upstream_fetches_total{result}`, `cdn_cache_bytes_served_total`,
+//! `cdn_cache_bytes_fetched_total`, `cdn_cache_upstream_fetch_seconds`, `cdn_cache_prefetch_total{outcome}` (issued,
+//! stored, not_stored, used, evicted_unused, skipped_cached, skipped_inflight, dropped_full, failed, cancelled), and
+//! the disk tier's `cdn_cache_disk_*`.
+//!
 //! Limits: memory bytes (the store), objects larger than `max_object_bytes` are streamed through and not stored
 //! (and a body without `Content-Length` that grows past it fails), fetches in flight (`max_inflight_keys`; beyond
 //! it requests go upstream uncoalesced), waits (`coalesce_timeout_ms`, then 504), upstream connect / head / idle
-//! body timeouts, request bodies forwarded for unsafe methods (`max_request_body_bytes`), and the shared HTTP
-//! listener limits (connections, header bytes: oversized heads get 431 from hyper).
+//! body timeouts, request bodies forwarded for unsafe methods (`max_request_body_bytes`), prefetches
+//! (`prefetch_segments` ≤ [`MAX_PREFETCH_SEGMENTS`] per request, `prefetch_max_inflight` at once, beyond it dropped),
+//! and the shared HTTP listener limits (connections, header bytes: oversized heads get 431 from hyper).
 
 mod app;
 mod coalesce;
@@ -36,6 +48,7 @@ mod error;
 mod key;
 mod lower;
 mod policy;
+mod prefetch;
 mod purge;
 mod status;
 mod store;
@@ -69,6 +82,11 @@ pub use key::{
     variant_hash,
 };
 pub use policy::{Directives, Freshness, MAX_STALE_WINDOW};
+pub use prefetch::{
+    DEFAULT_PREFETCH_MAX_INFLIGHT, MAX_EXT_LEN, MAX_PREFETCH_INFLIGHT, MAX_PREFETCH_PREFIX_LEN,
+    MAX_PREFETCH_PREFIXES, MAX_PREFETCH_SEGMENTS, MAX_SEGMENT_DIGITS, Outcome as PrefetchOutcome,
+    PREFETCH_HEADER, PrefetchConfig, PrefetchMark,
+};
 pub use purge::{CacheAdmin, cache_admin_limits};
 pub use status::{CACHE_STATUS, Fwd, Status};
 pub use store::{Entry, LowerTier, NotStored, PURGE_LOG_LEN, PassMarker, PurgeRule, Store, Stored};
@@ -164,6 +182,12 @@ pub struct TierConfig {
     /// Admin base URLs of the upstreams (`http://host:port`, same order as `upstreams`); when given, a purge here
     /// is first applied to every one of them. Empty = purges stay local.
     pub upstream_admins: Vec<String>,
+    /// Segments fetched ahead of a client GET of `.../seg-{n}.{ext}` under a prefetch prefix (0 = no prefetch).
+    pub prefetch_segments: usize,
+    /// Path prefixes whose segments are prefetched (each starting with `/`).
+    pub prefetch_prefixes: Vec<String>,
+    /// Most prefetches in flight; beyond it new ones are dropped (counted), never queued.
+    pub prefetch_max_inflight: usize,
 }
 
 impl Default for TierConfig {
@@ -186,6 +210,9 @@ impl Default for TierConfig {
             disk_dir: None,
             disk_bytes: DEFAULT_DISK_BYTES,
             upstream_admins: Vec::new(),
+            prefetch_segments: 0,
+            prefetch_prefixes: vec!["/video/".to_string()],
+            prefetch_max_inflight: DEFAULT_PREFETCH_MAX_INFLIGHT,
         }
     }
 }
@@ -225,6 +252,8 @@ pub struct ResolvedTier {
     pub disk: Option<DiskConfig>,
     /// Upstream admin base URLs purges are propagated to (empty: none).
     pub upstream_admins: Vec<Uri>,
+    /// Predictive prefetch (`segments == 0`: off).
+    pub prefetch: PrefetchConfig,
 }
 
 fn range_u64(field: &str, v: u64, lo: u64, hi: u64) -> Result<(), CacheError> {
@@ -432,6 +461,7 @@ impl TierConfig {
             0,
             MAX_REQUEST_BODY_BYTES as u64,
         )?;
+        let prefetch = self.resolve_prefetch()?;
         Ok(ResolvedTier {
             role: self.role,
             name,
@@ -449,6 +479,53 @@ impl TierConfig {
             max_request_body_bytes: self.max_request_body_bytes,
             disk,
             upstream_admins,
+            prefetch,
+        })
+    }
+
+    fn resolve_prefetch(&self) -> Result<PrefetchConfig, CacheError> {
+        range_u64(
+            "prefetch_segments",
+            self.prefetch_segments as u64,
+            0,
+            MAX_PREFETCH_SEGMENTS as u64,
+        )?;
+        range_u64(
+            "prefetch_max_inflight",
+            self.prefetch_max_inflight as u64,
+            1,
+            MAX_PREFETCH_INFLIGHT as u64,
+        )?;
+        let prefixes = &self.prefetch_prefixes;
+        if prefixes.len() > MAX_PREFETCH_PREFIXES {
+            return Err(CacheError::invalid(
+                "prefetch_prefixes",
+                format!(
+                    "at most {MAX_PREFETCH_PREFIXES} prefixes, got {}",
+                    prefixes.len()
+                ),
+            ));
+        }
+        if self.prefetch_segments > 0 && prefixes.is_empty() {
+            return Err(CacheError::invalid(
+                "prefetch_prefixes",
+                "prefetch needs at least one path prefix (e.g. /video/)",
+            ));
+        }
+        for p in prefixes {
+            if !p.starts_with('/') || p.len() > MAX_PREFETCH_PREFIX_LEN {
+                return Err(CacheError::invalid(
+                    "prefetch_prefixes",
+                    format!(
+                        "each prefix must start with '/' and be at most {MAX_PREFETCH_PREFIX_LEN} bytes, got {p:?}"
+                    ),
+                ));
+            }
+        }
+        Ok(PrefetchConfig {
+            segments: self.prefetch_segments,
+            prefixes: prefixes.clone(),
+            max_inflight: self.prefetch_max_inflight,
         })
     }
 }
@@ -485,9 +562,10 @@ pub struct CacheArgs {
     #[arg(long, value_name = "N", default_value_t = TierConfig::default().shards)]
     pub shards: usize,
 
-    /// Largest object stored, bytes (at most memory / shards); larger objects are streamed through.
-    #[arg(long, value_name = "N", default_value_t = TierConfig::default().max_object_bytes)]
-    pub max_object_bytes: u64,
+    /// Largest object stored, bytes (at most memory / shards); larger objects are streamed through. Default:
+    /// 2 MiB, or memory / shards when that is smaller (so a small --memory-bytes alone is a valid setting).
+    #[arg(long, value_name = "N")]
+    pub max_object_bytes: Option<u64>,
 
     /// How long a request waits on another request's fetch, milliseconds.
     #[arg(long, value_name = "MS", default_value_t = TierConfig::default().coalesce_timeout_ms)]
@@ -534,6 +612,24 @@ pub struct CacheArgs {
     /// purge here is applied to all of them first, and acknowledged only when all did.
     #[arg(long, value_name = "URL", value_delimiter = ',')]
     pub upstream_admin: Vec<String>,
+
+    /// Segments to prefetch after a GET of `.../seg-{n}.{ext}` under a --prefetch-prefix: `seg-{n+1}` ..
+    /// `seg-{n+K}` are fetched in the background unless stored or in flight (0 = off, at most 16).
+    #[arg(long, value_name = "K", default_value_t = TierConfig::default().prefetch_segments)]
+    pub prefetch_segments: usize,
+
+    /// Path prefix whose segments are prefetched (repeat, or comma-separate).
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        value_delimiter = ',',
+        default_value = "/video/"
+    )]
+    pub prefetch_prefix: Vec<String>,
+
+    /// Most prefetches in flight; beyond it new ones are dropped (counted), never queued.
+    #[arg(long, value_name = "N", default_value_t = TierConfig::default().prefetch_max_inflight)]
+    pub prefetch_max_inflight: usize,
 
     /// Runtime threads: 1 = tokio current_thread, n > 1 = multi_thread with n workers.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -587,7 +683,10 @@ impl CacheArgs {
             upstreams: self.upstream.clone(),
             memory_bytes: self.memory_bytes,
             shards: self.shards,
-            max_object_bytes: self.max_object_bytes,
+            max_object_bytes: self.max_object_bytes.unwrap_or_else(|| {
+                let per_shard = self.memory_bytes / (self.shards.max(1) as u64);
+                TierConfig::default().max_object_bytes.min(per_shard.max(1))
+            }),
             coalesce_timeout_ms: self.coalesce_timeout_ms,
             max_inflight_keys: self.max_inflight_keys,
             connect_timeout_ms: self.connect_timeout_ms,
@@ -599,6 +698,9 @@ impl CacheArgs {
             disk_dir: self.disk_dir.clone(),
             disk_bytes: self.disk_bytes,
             upstream_admins: self.upstream_admin.clone(),
+            prefetch_segments: self.prefetch_segments,
+            prefetch_prefixes: self.prefetch_prefix.clone(),
+            prefetch_max_inflight: self.prefetch_max_inflight,
         }
     }
 
@@ -611,6 +713,8 @@ impl CacheArgs {
                     "--upstream".to_string()
                 } else if base == "upstream_admins" {
                     "--upstream-admin".to_string()
+                } else if base == "prefetch_prefixes" {
+                    "--prefetch-prefix".to_string()
                 } else {
                     format!("--{}", base.replace('_', "-"))
                 };
@@ -749,6 +853,8 @@ pub async fn start_with_lower_tier(
     let http_addr = local(&http, "http")?;
     let admin_addr = local(&admin, "admin")?;
     let tier = app_with_lower_tier(cfg, lower);
+    // Prefetch tasks stop when the tier does, not when their fetch would have ended.
+    tier.core.prefetch.bind_shutdown(shutdown.clone());
     let http = tokio::spawn(serve_http(
         http,
         tier.clone(),
@@ -941,6 +1047,55 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("--upstream-admin:"), "{e}");
+    }
+
+    #[test]
+    fn prefetch_flags_default_off_and_are_validated() {
+        let (cfg, _) = parse(&["--upstream", "http://x:1"]).resolve().unwrap();
+        assert_eq!(cfg.prefetch.segments, 0);
+        assert_eq!(cfg.prefetch.prefixes, vec!["/video/".to_string()]);
+        assert_eq!(cfg.prefetch.max_inflight, DEFAULT_PREFETCH_MAX_INFLIGHT);
+        let (cfg, _) = parse(&[
+            "--upstream",
+            "http://x:1",
+            "--prefetch-segments",
+            "3",
+            "--prefetch-prefix",
+            "/video/,/hls/",
+            "--prefetch-prefix",
+            "/dash/",
+            "--prefetch-max-inflight",
+            "8",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.prefetch.segments, 3);
+        assert_eq!(cfg.prefetch.prefixes, ["/video/", "/hls/", "/dash/"]);
+        assert_eq!(cfg.prefetch.max_inflight, 8);
+
+        for (bad, flag) in [
+            (&["--prefetch-segments", "17"][..], "--prefetch-segments:"),
+            (
+                &["--prefetch-max-inflight", "0"],
+                "--prefetch-max-inflight:",
+            ),
+            (&["--prefetch-prefix", "video/"], "--prefetch-prefix:"),
+        ] {
+            let mut argv = vec!["--upstream", "http://x:1"];
+            argv.extend_from_slice(bad);
+            let e = parse(&argv).resolve().unwrap_err().to_string();
+            assert!(e.starts_with(flag), "{e}");
+        }
+        let e = TierConfig {
+            upstreams: vec!["http://x:1".into()],
+            prefetch_segments: 2,
+            prefetch_prefixes: Vec::new(),
+            ..TierConfig::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("prefetch_prefixes:"), "{e}");
     }
 
     #[test]

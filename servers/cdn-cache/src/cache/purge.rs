@@ -5,7 +5,12 @@
 //! | `POST /purge?path=P[&host=H]` | remove the object at path-and-query `P` (all its variants) |
 //! | `POST /purge?prefix=P[&host=H]` | remove every object whose path starts with `P` |
 //! | `POST /purge?all=1` | empty the memory tier |
-//! | `GET /stats` | `{"role","objects","used_bytes","capacity_bytes","inflight"}` |
+//! | `GET /stats` | `{"role","name","objects","used_bytes","capacity_bytes","inflight","prefetch"}` |
+//!
+//! `prefetch` is `{"segments","prefixes","max_inflight","inflight"}` (the settings, prefetches running now), one
+//! count per outcome (`issued`, `stored`, `not_stored`, `used`, `evicted_unused`, `skipped_cached`,
+//! `skipped_inflight`, `dropped_full`, `failed`, `cancelled`: the same as `cdn_cache_prefetch_total{outcome}`, but for
+//! this tier alone) and `precision` = used / (used + evicted_unused), `null` while both are 0.
 //!
 //! Without `host`, a purge covers every host. Values are percent-decoded (`%3F` for a `?` inside `path`). A purge
 //! answers `{"purged": keys, "cancelled": fetches}` only after the objects are gone and the fetches in flight for
@@ -177,6 +182,7 @@ impl CacheAdmin {
                         "used_bytes": store.used_bytes(),
                         "capacity_bytes": store.capacity_bytes(),
                         "inflight": self.app.inflight(),
+                        "prefetch": self.app.prefetch_stats(),
                     }),
                 )
             }

@@ -5,7 +5,8 @@
 //! `hit`; `fwd=uri-miss|vary-miss|stale|request|bypass|miss`; `fwd-status=N` (the upstream's status);
 //! `stored`; `collapsed` (served from another request's fetch); `ttl=N` (seconds of freshness left, negative when
 //! stale); `detail=...` (why: `stale-while-revalidate`, `stale-if-error`, `no-store`, `private`, `disk` for a hit
-//! or a revalidation from the disk tier, ...).
+//! or a revalidation from the disk tier, `prefetch` for a hit on an object a prefetch stored or a request served
+//! by a prefetch still in flight, `prefetch-status` when that prefetch got a status it does not store, ...).
 
 use http::HeaderValue;
 use http::header::HeaderName;

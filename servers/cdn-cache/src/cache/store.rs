@@ -10,6 +10,8 @@
 //!   scan when the host is given, a full scan otherwise; variants are found through their [`VarySpec`].
 //! - **Evicted objects** are handed to the [`LowerTier`] seam (the disk tier), under the index lock; purges remove
 //!   from the lower tier under the same lock, before they are logged.
+//! - **Prefetched objects** leaving the memory tier (evicted, replaced, purged) while still unused are counted
+//!   `evicted_unused` here, the one place every departure passes (see `cache::prefetch`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -25,6 +27,7 @@ use http_cache_semantics::CachePolicy;
 
 use super::key::{CacheKey, VarySpec, hash_parts};
 use super::policy::{Directives, Freshness};
+use super::prefetch::{Counts, Outcome, PrefetchMark};
 use crate::evict::{CacheConfig, MemoryPolicy, ShardCountError, Sharded};
 
 /// Purges remembered for in-flight fetches; a fetch older than the oldest remembered purge does not store.
@@ -53,6 +56,9 @@ pub struct Entry {
     pub directives: Directives,
     /// Precomputed freshness.
     pub freshness: Freshness,
+    /// Set when a prefetch stored this object: its first client use, or its departure unused, is counted once.
+    /// `None` for everything else (and for copies read back from a lower tier: see `cache::prefetch`).
+    pub prefetch: Option<Arc<PrefetchMark>>,
 }
 
 impl Entry {
@@ -164,6 +170,12 @@ pub trait LowerTier: Send + Sync + std::fmt::Debug + 'static {
         let _ = rule;
         0
     }
+    /// Whether the key is stored (or queued to be) here, without reading it: a cheap check for prefetches, which
+    /// skip what the tier already holds. The default says no (the prefetch then finds it inside the fetch).
+    fn contains(&self, key_hash: u64) -> bool {
+        let _ = key_hash;
+        false
+    }
     /// The `Cache-Status` detail of a hit from this tier (an sf-token).
     fn name(&self) -> &'static str {
         "lower-tier"
@@ -186,6 +198,8 @@ pub struct Store {
     /// Sequence number of the last purge; fetches remember it when they start.
     purge_seq: AtomicU64,
     lower: Option<Arc<dyn LowerTier>>,
+    /// Where prefetched objects leaving unused are counted (`None`: nothing is ever prefetched into this store).
+    prefetch: Option<Arc<Counts>>,
 }
 
 /// Why [`Store::insert`] did not store.
@@ -220,7 +234,26 @@ impl Store {
             index: Mutex::new(Index::default()),
             purge_seq: AtomicU64::new(0),
             lower,
+            prefetch: None,
         })
+    }
+
+    /// Counts prefetched objects that leave this store unused in `counts`.
+    pub(crate) fn with_prefetch_counts(mut self, counts: Arc<Counts>) -> Self {
+        self.prefetch = Some(counts);
+        self
+    }
+
+    /// A value left the memory tier (evicted, replaced or purged): a prefetched object nobody used is counted.
+    /// Moving down to the disk tier counts as leaving: the mark does not travel (see `cache::prefetch`).
+    fn departed(&self, value: &Stored) {
+        if let Stored::Object(e) = value
+            && let Some(mark) = &e.prefetch
+            && mark.evict()
+            && let Some(c) = &self.prefetch
+        {
+            c.count(Outcome::EvictedUnused);
+        }
     }
 
     fn index(&self) -> MutexGuard<'_, Index> {
@@ -275,6 +308,10 @@ impl Store {
                 if let Some(text) = e.value.primary_text() {
                     index.keys.remove(text);
                 }
+                self.departed(&e.value);
+            }
+            if let Some(old) = &evicted.replaced {
+                self.departed(old);
             }
             if evicted.stored() && primary {
                 index.keys.insert(key.text.clone(), key.path_at);
@@ -326,11 +363,17 @@ impl Store {
         for text in &matching {
             index.keys.remove(text);
             let hash = hash_parts(&[text.as_bytes()]);
-            if let Some(Stored::Vary(spec, _)) = self.mem.remove(hash) {
-                for v in spec.variants() {
-                    self.mem.remove(v);
-                    removed_hashes.push(v);
+            match self.mem.remove(hash) {
+                Some(Stored::Vary(spec, _)) => {
+                    for v in spec.variants() {
+                        if let Some(old) = self.mem.remove(v) {
+                            self.departed(&old);
+                        }
+                        removed_hashes.push(v);
+                    }
                 }
+                Some(old) => self.departed(&old),
+                None => {}
             }
             removed_hashes.push(hash);
         }
