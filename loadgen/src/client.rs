@@ -13,6 +13,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use crate::h1::CacheClass;
 use crate::h1::H1Conn;
 use crate::plan::{HttpUrl, HttpVersion, RequestPlan};
 
@@ -174,6 +175,8 @@ pub struct Exchange {
     pub status: StatusCode,
     /// Body bytes read.
     pub body_bytes: u64,
+    /// Where its `Cache-Status` says it came from.
+    pub cache: CacheClass,
 }
 
 impl Conn {
@@ -195,6 +198,7 @@ impl Conn {
                 return Ok(Exchange {
                     status: StatusCode::from_u16(r.status).map_err(|_| ClientError::Io)?,
                     body_bytes: r.body_bytes,
+                    cache: r.cache,
                 });
             }
             Conn::H2(s) => s,
@@ -203,6 +207,10 @@ impl Conn {
         s.ready().await.map_err(|_| ClientError::Io)?;
         let resp = s.send_request(req).await.map_err(|_| ClientError::Io)?;
         let status = resp.status();
+        let cache = resp
+            .headers()
+            .get("cache-status")
+            .map_or(CacheClass::Unknown, |v| CacheClass::of(v.as_bytes()));
         let mut body = resp.into_body();
         let mut body_bytes = 0u64;
         while let Some(frame) = body.frame().await {
@@ -214,7 +222,11 @@ impl Conn {
                 }
             }
         }
-        Ok(Exchange { status, body_bytes })
+        Ok(Exchange {
+            status,
+            body_bytes,
+            cache,
+        })
     }
 
     /// Sends a complete serialized HTTP/1.1 request (head and body) and collects the response body into `body`
@@ -231,6 +243,23 @@ impl Conn {
                 Ok(Exchange {
                     status: StatusCode::from_u16(r.status).map_err(|_| ClientError::Io)?,
                     body_bytes: r.body_bytes,
+                    cache: r.cache,
+                })
+            }
+            Conn::H2(_) => Err(ClientError::BadRequest),
+        }
+    }
+
+    /// Sends a complete serialized HTTP/1.1 request built per send (the CDN scenario's generated paths) and
+    /// drains the response body. HTTP/1.1 only: HTTP/2 connections refuse with [`ClientError::BadRequest`].
+    pub async fn send_h1(&mut self, request: &[u8]) -> Result<Exchange, ClientError> {
+        match self {
+            Conn::H1(c) => {
+                let r = c.send(request, false, MAX_RESPONSE_BODY_BYTES).await?;
+                Ok(Exchange {
+                    status: StatusCode::from_u16(r.status).map_err(|_| ClientError::Io)?,
+                    body_bytes: r.body_bytes,
+                    cache: r.cache,
                 })
             }
             Conn::H2(_) => Err(ClientError::BadRequest),

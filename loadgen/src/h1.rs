@@ -38,6 +38,43 @@ pub struct H1Response {
     pub status: u16,
     /// Body bytes read.
     pub body_bytes: u64,
+    /// Where its `Cache-Status` says it came from.
+    pub cache: CacheClass,
+}
+
+/// A response's origin as its `Cache-Status` (RFC 9211) tells it: the list names each cache it passed, the one
+/// closest to the origin first and the one that answered the client last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheClass {
+    /// No `Cache-Status` header.
+    #[default]
+    Unknown,
+    /// The cache that answered the client had it (`hit` on the last member).
+    EdgeHit,
+    /// A cache further up had it (`hit` on an earlier member): no origin fetch, but not an edge hit.
+    UpperHit,
+    /// No cache on the way had it.
+    Miss,
+}
+
+impl CacheClass {
+    /// Classifies a `Cache-Status` value. Members are split at commas (our caches never put commas in a
+    /// `detail`); a member is a hit when one of its `;`-parameters is exactly `hit`.
+    pub fn of(value: &[u8]) -> CacheClass {
+        let is_hit = |member: &[u8]| {
+            member
+                .split(|&b| b == b';')
+                .skip(1)
+                .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"hit"))
+        };
+        let mut members = value.split(|&b| b == b',').rev();
+        match members.next() {
+            Some(last) if is_hit(last) => CacheClass::EdgeHit,
+            Some(_) if members.any(is_hit) => CacheClass::UpperHit,
+            Some(_) => CacheClass::Miss,
+            None => CacheClass::Unknown,
+        }
+    }
 }
 
 /// Where response body bytes go. The static-template path discards them ([`Discard`] compiles to nothing); the
@@ -179,7 +216,7 @@ impl H1Conn {
         sink: &mut S,
     ) -> Result<H1Response, ClientError> {
         loop {
-            let (status, head_len, framing, close) = loop {
+            let (status, head_len, framing, close, cache) = loop {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut resp = httparse::Response::new(&mut headers);
                 match resp.parse(&self.buf[..self.len]) {
@@ -187,8 +224,11 @@ impl H1Conn {
                         let status = resp.code.unwrap_or(0);
                         let mut framing = Framing::UntilClose;
                         let mut close = resp.version == Some(0);
+                        let mut cache = CacheClass::Unknown;
                         for h in resp.headers.iter() {
-                            if h.name.eq_ignore_ascii_case("content-length") {
+                            if h.name.len() == 12 && h.name.eq_ignore_ascii_case("cache-status") {
+                                cache = CacheClass::of(h.value);
+                            } else if h.name.eq_ignore_ascii_case("content-length") {
                                 let v = std::str::from_utf8(h.value)
                                     .ok()
                                     .and_then(|v| v.trim().parse::<u64>().ok());
@@ -215,7 +255,7 @@ impl H1Conn {
                         {
                             framing = Framing::Length(0);
                         }
-                        break (status, head_len, framing, close);
+                        break (status, head_len, framing, close, cache);
                     }
                     Ok(httparse::Status::Partial) => {
                         if self.len >= MAX_HEAD_BYTES {
@@ -267,7 +307,11 @@ impl H1Conn {
             if close {
                 self.closed = true;
             }
-            return Ok(H1Response { status, body_bytes });
+            return Ok(H1Response {
+                status,
+                body_bytes,
+                cache,
+            });
         }
     }
 
@@ -378,27 +422,70 @@ mod tests {
             c.send(REQ, false, 1 << 20).await.unwrap(),
             H1Response {
                 status: 200,
-                body_bytes: 5
+                body_bytes: 5,
+                cache: CacheClass::Unknown,
             }
         );
         assert_eq!(
             c.send(REQ, false, 1 << 20).await.unwrap(),
             H1Response {
                 status: 201,
-                body_bytes: 7
+                body_bytes: 7,
+                cache: CacheClass::Unknown,
             }
         );
         assert_eq!(
             c.send(REQ, false, 1 << 20).await.unwrap(),
             H1Response {
                 status: 204,
-                body_bytes: 0
+                body_bytes: 0,
+                cache: CacheClass::Unknown,
             }
         );
         assert_eq!(c.send(REQ, false, 1 << 20).await.unwrap().status, 503);
         assert!(
             !c.is_usable(),
             "connection: close must retire the connection"
+        );
+    }
+
+    #[test]
+    fn cache_status_classes() {
+        assert_eq!(
+            CacheClass::of(b"refbench-edge; hit; ttl=59"),
+            CacheClass::EdgeHit
+        );
+        assert_eq!(
+            CacheClass::of(b"refbench-shield; hit, refbench-edge; fwd=uri-miss; stored"),
+            CacheClass::UpperHit
+        );
+        assert_eq!(
+            CacheClass::of(b"refbench-shield; fwd=uri-miss, refbench-edge; fwd=uri-miss"),
+            CacheClass::Miss
+        );
+        // `hit` is a parameter, not a substring: a cache named "hit" or `detail=hit` is no hit.
+        assert_eq!(CacheClass::of(b"hit; fwd=miss"), CacheClass::Miss);
+        assert_eq!(
+            CacheClass::of(b"c; fwd=stale; detail=hit"),
+            CacheClass::Miss
+        );
+        assert_eq!(CacheClass::of(b"c;HIT"), CacheClass::EdgeHit);
+    }
+
+    #[tokio::test]
+    async fn cache_status_header_is_read() {
+        let addr = server(vec![
+            b"HTTP/1.1 200 OK\r\nCache-Status: a; fwd=miss, b; hit\r\nContent-Length: 2\r\n\r\nok",
+        ])
+        .await;
+        let mut c = conn(addr).await;
+        assert_eq!(
+            c.send(REQ, false, 100).await.unwrap(),
+            H1Response {
+                status: 200,
+                body_bytes: 2,
+                cache: CacheClass::EdgeHit,
+            }
         );
     }
 
@@ -421,7 +508,8 @@ mod tests {
             c.send(REQ, false, 100).await.unwrap(),
             H1Response {
                 status: 200,
-                body_bytes: 6
+                body_bytes: 6,
+                cache: CacheClass::Unknown,
             }
         );
         assert!(!c.is_usable());
@@ -485,7 +573,8 @@ mod tests {
             c.send(REQ, true, 100).await.unwrap(),
             H1Response {
                 status: 200,
-                body_bytes: 0
+                body_bytes: 0,
+                cache: CacheClass::Unknown,
             }
         );
         assert!(c.is_usable());

@@ -3,6 +3,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the bird's-eye view.
 
+pub mod cdn;
 pub mod cli;
 pub mod client;
 pub mod compare;
@@ -19,6 +20,7 @@ pub mod result;
 pub mod run;
 pub mod schedule;
 pub mod worker;
+pub mod zipf;
 
 /// The timerfd pacer lives in `refbench_common` so servers that inject delays share it.
 pub use refbench_common::pacer;

@@ -8,10 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ProfileError;
 use crate::ledger::wire::{MAX_BATCH, currency_code};
-use crate::profile::{LedgerSection, PhaseSection, Profile, RequestSection, SloSection};
+use crate::profile::{
+    CdnSection, CdnTopologySection, LedgerSection, PhaseSection, Profile, RequestSection,
+    SloSection,
+};
 
-/// Built-in systems `loadgen serve` and profiles know.
-pub const BUILTIN_SYSTEMS: &[&str] = &["floor", "ledger"];
+/// Built-in systems profiles know (`cdn` is the whole topology: origin, shields, edges).
+pub const BUILTIN_SYSTEMS: &[&str] = &["floor", "ledger", "cdn"];
 
 /// Longest phase we accept; longer soaks should be split into phases so results stay per-phase.
 pub const MAX_PHASE_DURATION_S: f64 = 24.0 * 3600.0;
@@ -92,6 +95,9 @@ pub enum TargetKind {
         system: String,
         /// Extra server arguments.
         args: Vec<String>,
+        /// `cdn`: the topology to start.
+        #[serde(default)]
+        cdn: Option<CdnTopology>,
     },
     /// A server somebody else runs.
     External {
@@ -99,7 +105,255 @@ pub enum TargetKind {
         url: String,
         /// Admin base URL for `/metrics`.
         admin_url: Option<String>,
+        /// Admin base URL of the origin behind a CDN target.
+        #[serde(default)]
+        origin_admin_url: Option<String>,
+        /// Processes on this host whose CPU and memory count as the server's.
+        #[serde(default)]
+        pids: Vec<u32>,
     },
+}
+
+/// Most edges or shields a built-in CDN topology may have.
+pub const MAX_CDN_TIERS: usize = 16;
+
+/// A validated `[targets.NAME.cdn]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CdnTopology {
+    /// Edge tiers (load is spread over them).
+    pub edges: usize,
+    /// Shield tiers (0 = edges fetch from the origin).
+    pub shields: usize,
+    /// Extra origin arguments.
+    pub origin_args: Vec<String>,
+    /// Extra arguments of every shield.
+    pub shield_args: Vec<String>,
+    /// Extra arguments of every edge.
+    pub edge_args: Vec<String>,
+}
+
+fn resolve_topology(f: &str, t: Option<&CdnTopologySection>) -> Result<CdnTopology, ProfileError> {
+    let t = t.cloned().unwrap_or_default();
+    let edges = t.edges.unwrap_or(2);
+    if !(1..=MAX_CDN_TIERS).contains(&edges) {
+        return Err(ProfileError::invalid(
+            format!("{f}.edges"),
+            format!("must be 1..={MAX_CDN_TIERS}, got {edges}"),
+        ));
+    }
+    let shields = t.shields.unwrap_or(2);
+    if shields > MAX_CDN_TIERS {
+        return Err(ProfileError::invalid(
+            format!("{f}.shields"),
+            format!("must be 0..={MAX_CDN_TIERS}, got {shields}"),
+        ));
+    }
+    // loadgen wires the tiers together itself; a second --upstream or --bind would silently rewire them.
+    for (k, args) in [
+        ("origin_args", &t.origin_args),
+        ("shield_args", &t.shield_args),
+        ("edge_args", &t.edge_args),
+    ] {
+        for a in args {
+            let flag = a.split('=').next().unwrap_or("");
+            if matches!(
+                flag,
+                "--upstream" | "--upstream-admin" | "--role" | "--bind" | "--admin-bind" | "--cpus"
+            ) {
+                return Err(ProfileError::invalid(
+                    format!("{f}.{k}"),
+                    format!("`{flag}` is set by loadgen for the topology; remove it"),
+                ));
+            }
+        }
+    }
+    Ok(CdnTopology {
+        edges,
+        shields,
+        origin_args: t.origin_args,
+        shield_args: t.shield_args,
+        edge_args: t.edge_args,
+    })
+}
+
+/// What a CDN phase asks for.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "workload", rename_all = "snake_case")]
+pub enum CdnWorkload {
+    /// Independent requests for keys drawn by Zipf popularity.
+    Zipf {
+        /// Key space (ranks 1..=keys).
+        keys: u64,
+        /// Skew (0 = uniform).
+        zipf_exponent: f64,
+    },
+    /// Viewers: each lane picks a video by popularity and asks for its segments in order, then the next video.
+    Video {
+        /// Videos.
+        videos: u64,
+        /// Segments per video.
+        segments: u32,
+        /// Popularity skew of the videos.
+        zipf_exponent: f64,
+    },
+    /// All requests of one period ask for the same key, new (cold) each period.
+    Storm {
+        /// Period length.
+        period_ms: u64,
+    },
+}
+
+/// A validated `[phases.cdn]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CdnPlan {
+    /// The request pattern.
+    #[serde(flatten)]
+    pub workload: CdnWorkload,
+    /// Every path starts with this.
+    pub path_prefix: String,
+    /// Latency the origin adds to `path_prefix` during the phase.
+    pub origin_latency_ms: Option<u64>,
+    /// Seed of the key draws.
+    pub seed: u64,
+}
+
+/// Most keys (or videos) a CDN phase may use.
+pub const MAX_CDN_KEYS: u64 = 1_000_000_000;
+/// Most storm periods (cold keys) one phase may have: each is checked at the origin afterwards.
+pub const MAX_STORM_KEYS: f64 = 100_000.0;
+
+fn resolve_cdn(
+    f: &str,
+    c: &CdnSection,
+    phase_seed: u64,
+    duration_s: f64,
+) -> Result<CdnPlan, ProfileError> {
+    let workload = c.workload.as_deref().unwrap_or("zipf");
+    let only = |k: &str, set: bool, for_: &str| -> Result<(), ProfileError> {
+        if set {
+            Err(ProfileError::invalid(
+                format!("{f}.{k}"),
+                format!("only for workload = {for_}"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let exponent = || -> Result<f64, ProfileError> {
+        let e = c.zipf_exponent.unwrap_or(1.0);
+        if e.is_finite() && (0.0..=10.0).contains(&e) {
+            Ok(e)
+        } else {
+            Err(ProfileError::invalid(
+                format!("{f}.zipf_exponent"),
+                format!("must be within 0..=10 (0 = uniform), got {e}"),
+            ))
+        }
+    };
+    let keys = |default: u64| -> Result<u64, ProfileError> {
+        let k = c.keys.unwrap_or(default);
+        if (1..=MAX_CDN_KEYS).contains(&k) {
+            Ok(k)
+        } else {
+            Err(ProfileError::invalid(
+                format!("{f}.keys"),
+                format!("must be 1..={MAX_CDN_KEYS}, got {k}"),
+            ))
+        }
+    };
+    let (workload, default_prefix) = match workload {
+        "zipf" => {
+            only("segments", c.segments.is_some(), "\"video\"")?;
+            only("storm_period_ms", c.storm_period_ms.is_some(), "\"storm\"")?;
+            (
+                CdnWorkload::Zipf {
+                    keys: keys(10_000)?,
+                    zipf_exponent: exponent()?,
+                },
+                "/static/",
+            )
+        }
+        "video" => {
+            only("storm_period_ms", c.storm_period_ms.is_some(), "\"storm\"")?;
+            let segments = c.segments.unwrap_or(100);
+            if !(1..=1_000_000).contains(&segments) {
+                return Err(ProfileError::invalid(
+                    format!("{f}.segments"),
+                    format!("must be 1..=1000000, got {segments}"),
+                ));
+            }
+            (
+                CdnWorkload::Video {
+                    videos: keys(100)?,
+                    segments,
+                    zipf_exponent: exponent()?,
+                },
+                "/video/",
+            )
+        }
+        "storm" => {
+            for (k, set) in [
+                ("keys", c.keys.is_some()),
+                ("zipf_exponent", c.zipf_exponent.is_some()),
+                ("segments", c.segments.is_some()),
+            ] {
+                only(k, set, "\"zipf\" or \"video\"")?;
+            }
+            let period_ms = c.storm_period_ms.unwrap_or(200);
+            if !(1..=3_600_000).contains(&period_ms) {
+                return Err(ProfileError::invalid(
+                    format!("{f}.storm_period_ms"),
+                    format!("must be 1..=3600000, got {period_ms}"),
+                ));
+            }
+            if duration_s * 1000.0 / period_ms as f64 > MAX_STORM_KEYS {
+                return Err(ProfileError::invalid(
+                    format!("{f}.storm_period_ms"),
+                    format!(
+                        "{period_ms} ms over {duration_s} s makes more than {MAX_STORM_KEYS} cold keys; use a longer period"
+                    ),
+                ));
+            }
+            (CdnWorkload::Storm { period_ms }, "/static/storm-")
+        }
+        other => {
+            return Err(ProfileError::invalid(
+                format!("{f}.workload"),
+                format!("`{other}`: use \"zipf\", \"video\" or \"storm\""),
+            ));
+        }
+    };
+    let path_prefix = c
+        .path_prefix
+        .clone()
+        .unwrap_or_else(|| default_prefix.to_string());
+    if !path_prefix.starts_with('/')
+        || path_prefix.len() > 256
+        || !path_prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%'))
+    {
+        return Err(ProfileError::invalid(
+            format!("{f}.path_prefix"),
+            format!(
+                "`{path_prefix}` must start with '/', be at most 256 printable ASCII characters and hold no '?', '#' or '%'"
+            ),
+        ));
+    }
+    if let Some(ms) = c.origin_latency_ms
+        && ms > 60_000
+    {
+        return Err(ProfileError::invalid(
+            format!("{f}.origin_latency_ms"),
+            format!("must be at most 60000, got {ms}"),
+        ));
+    }
+    Ok(CdnPlan {
+        workload,
+        path_prefix,
+        origin_latency_ms: c.origin_latency_ms,
+        seed: c.seed.unwrap_or(phase_seed),
+    })
 }
 
 /// A named target.
@@ -214,6 +468,9 @@ pub struct PhasePlan {
     /// The ledger scenario, when the phase runs it (then `requests` only describes `POST /transfers`).
     #[serde(default)]
     pub ledger: Option<LedgerPlan>,
+    /// The CDN scenario, when the phase runs it (then `requests` only describes the generated `GET`s).
+    #[serde(default)]
+    pub cdn: Option<CdnPlan>,
 }
 
 /// Most accounts a ledger phase may use.
@@ -339,6 +596,23 @@ pub fn ledger_request() -> RequestPlan {
             "content-type".to_string(),
             "application/octet-stream".to_string(),
         )]),
+    }
+}
+
+/// The request a CDN phase sends, as shown in the plan (paths are generated per send).
+pub fn cdn_request(c: &CdnPlan) -> RequestPlan {
+    let kind = match c.workload {
+        CdnWorkload::Zipf { .. } => "zipf",
+        CdnWorkload::Video { .. } => "video",
+        CdnWorkload::Storm { .. } => "storm",
+    };
+    RequestPlan {
+        name: format!("GET {} ({kind})", c.path_prefix),
+        method: "GET".into(),
+        path: c.path_prefix.clone(),
+        weight: 1,
+        body: String::new(),
+        headers: BTreeMap::new(),
     }
 }
 
@@ -764,9 +1038,34 @@ fn resolve_phase(
             Some(resolve_ledger(&format!("{f}.ledger"), l, seed)?)
         }
     };
-    let requests = match ledger {
-        Some(_) => vec![ledger_request()],
-        None => resolve_requests(&format!("{f}.requests"), p.requests.as_ref())?,
+    let cdn = match &p.cdn {
+        None => None,
+        Some(c) => {
+            if ledger.is_some() {
+                return Err(ProfileError::invalid(
+                    format!("{f}.cdn"),
+                    "a phase runs one scenario: give [phases.ledger] or [phases.cdn], not both",
+                ));
+            }
+            if http != HttpVersion::Http1 {
+                return Err(ProfileError::invalid(
+                    format!("{f}.http"),
+                    "the CDN scenario speaks HTTP/1.1 only: leave `http` out or set it to \"1.1\"",
+                ));
+            }
+            if p.requests.is_some() {
+                return Err(ProfileError::invalid(
+                    format!("{f}.requests"),
+                    "a CDN phase generates its own requests: remove [[phases.requests]]",
+                ));
+            }
+            Some(resolve_cdn(&format!("{f}.cdn"), c, seed, duration_s)?)
+        }
+    };
+    let requests = match (&ledger, &cdn) {
+        (Some(_), _) => vec![ledger_request()],
+        (_, Some(c)) => vec![cdn_request(c)],
+        _ => resolve_requests(&format!("{f}.requests"), p.requests.as_ref())?,
     };
     if let Some(s) = &p.slo {
         check_slo(&format!("{f}.slo"), s)?;
@@ -897,6 +1196,7 @@ fn resolve_phase(
             requests: requests.clone(),
             slo: slo.clone(),
             ledger: ledger.clone(),
+            cdn: cdn.clone(),
         };
         // Open phases get a cap a little above what they should send, so a runaway schedule stops by itself.
         let default_cap = plan
@@ -941,15 +1241,39 @@ pub fn resolve(profile: &Profile, env: Env) -> Result<Plan, ProfileError> {
                         ),
                     ));
                 }
-                if t.admin_url.is_some() {
-                    return Err(ProfileError::invalid(
-                        format!("{f}.admin_url"),
-                        "only for url targets",
-                    ));
+                for (k, set) in [
+                    ("admin_url", t.admin_url.is_some()),
+                    ("origin_admin_url", t.origin_admin_url.is_some()),
+                    ("pids", !t.pids.is_empty()),
+                ] {
+                    if set {
+                        return Err(ProfileError::invalid(
+                            format!("{f}.{k}"),
+                            "only for url targets (loadgen knows its own servers)",
+                        ));
+                    }
                 }
+                let cdn = if system == "cdn" {
+                    if !t.args.is_empty() {
+                        return Err(ProfileError::invalid(
+                            format!("{f}.args"),
+                            "a cdn topology takes its arguments per tier: use [targets.NAME.cdn] origin_args, shield_args, edge_args",
+                        ));
+                    }
+                    Some(resolve_topology(&format!("{f}.cdn"), t.cdn.as_ref())?)
+                } else {
+                    if t.cdn.is_some() {
+                        return Err(ProfileError::invalid(
+                            format!("{f}.cdn"),
+                            "only for builtin = \"cdn\"",
+                        ));
+                    }
+                    None
+                };
                 TargetKind::Builtin {
                     system: system.clone(),
                     args: t.args.clone(),
+                    cdn,
                 }
             }
             (None, Some(url)) => {
@@ -958,15 +1282,33 @@ pub fn resolve(profile: &Profile, env: Env) -> Result<Plan, ProfileError> {
                     HttpUrl::parse(a)
                         .map_err(|e| ProfileError::invalid(format!("{f}.admin_url"), e))?;
                 }
+                if let Some(a) = &t.origin_admin_url {
+                    HttpUrl::parse(a)
+                        .map_err(|e| ProfileError::invalid(format!("{f}.origin_admin_url"), e))?;
+                }
                 if !t.args.is_empty() {
                     return Err(ProfileError::invalid(
                         format!("{f}.args"),
                         "only for builtin targets",
                     ));
                 }
+                if t.cdn.is_some() {
+                    return Err(ProfileError::invalid(
+                        format!("{f}.cdn"),
+                        "only for builtin = \"cdn\" (an external CDN is one url)",
+                    ));
+                }
+                if t.pids.len() > 64 || t.pids.contains(&0) {
+                    return Err(ProfileError::invalid(
+                        format!("{f}.pids"),
+                        "at most 64 process ids, none of them 0",
+                    ));
+                }
                 TargetKind::External {
                     url: url.clone(),
                     admin_url: t.admin_url.clone(),
+                    origin_admin_url: t.origin_admin_url.clone(),
+                    pids: t.pids.clone(),
                 }
             }
             _ => {
@@ -996,6 +1338,27 @@ pub fn resolve(profile: &Profile, env: Env) -> Result<Plan, ProfileError> {
                 ));
             }
             phases.push(plan);
+        }
+    }
+    for (i, p) in profile.phases.iter().enumerate() {
+        let wants_origin = p
+            .cdn
+            .as_ref()
+            .is_some_and(|c| c.origin_latency_ms.is_some());
+        let has_origin = targets.iter().any(|t| {
+            t.name == p.target
+                && match &t.kind {
+                    TargetKind::Builtin { cdn, .. } => cdn.is_some(),
+                    TargetKind::External {
+                        origin_admin_url, ..
+                    } => origin_admin_url.is_some(),
+                }
+        });
+        if wants_origin && !has_origin {
+            return Err(ProfileError::invalid(
+                format!("phases[{i}].cdn.origin_latency_ms"),
+                "needs an origin loadgen can control: a builtin = \"cdn\" target or a url target with origin_admin_url",
+            ));
         }
     }
     if !phases.iter().any(|p| !p.warmup) {

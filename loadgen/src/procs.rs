@@ -86,7 +86,8 @@ fn cpus_arg(cpus: &[usize]) -> String {
         .join(",")
 }
 
-/// Starts `loadgen serve <system>` as a child, pinned to `cpus`, and waits for its ready line.
+/// Starts `loadgen serve <system>` as a child, pinned to `cpus`, and waits for its ready line. `system` may hold a
+/// sub-command after the system (`cdn origin`).
 pub fn start_builtin(
     exe: &Path,
     name: &str,
@@ -102,16 +103,19 @@ pub fn start_builtin(
     })?;
     // Best effort: without a private TMPDIR the server still works, it just cleans up after itself alone.
     let tmp = tempfile::Builder::new()
-        .prefix(&format!("refbench-{system}-tmp-"))
+        .prefix(&format!("refbench-{}-tmp-", system.replace(' ', "-")))
         .tempdir()
         .ok();
     let mut cmd = Command::new(exe);
     if let Some(t) = &tmp {
         cmd.env("TMPDIR", t.path());
     }
-    cmd.arg("serve")
-        .arg(system)
-        .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"]);
+    cmd.arg("serve").args(system.split_whitespace()).args([
+        "--bind",
+        "127.0.0.1:0",
+        "--admin-bind",
+        "127.0.0.1:0",
+    ]);
     if !cpus.is_empty() {
         cmd.args(["--cpus", &cpus_arg(cpus)]);
     }

@@ -83,6 +83,35 @@ pub struct TargetSection {
     pub args: Vec<String>,
     /// Admin base URL of an external target, for `/metrics` scraping.
     pub admin_url: Option<String>,
+    /// External CDN targets: admin base URL of the origin behind them (a `loadgen serve cdn origin`), from whose
+    /// `/metrics` and `/fetches` CDN phases count origin fetches.
+    pub origin_admin_url: Option<String>,
+    /// External targets on this host: process ids whose CPU time and memory count as the server's.
+    #[serde(default)]
+    pub pids: Vec<u32>,
+    /// `builtin = "cdn"`: the topology loadgen starts (origin, shields, edges).
+    pub cdn: Option<CdnTopologySection>,
+}
+
+/// `[targets.NAME.cdn]`: the shape of a built-in CDN topology. Loadgen starts one synthetic origin, `shields`
+/// shield tiers in front of it and `edges` edge tiers in front of those (each edge spreads its misses over every
+/// shield by rendezvous hashing); load is spread over the edges.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdnTopologySection {
+    /// Edge tiers the load is spread over (default 2).
+    pub edges: Option<usize>,
+    /// Shield tiers between the edges and the origin (default 2; 0 = edges go straight to the origin).
+    pub shields: Option<usize>,
+    /// Extra arguments for the origin (`loadgen serve cdn origin --help`).
+    #[serde(default)]
+    pub origin_args: Vec<String>,
+    /// Extra arguments for every shield (`loadgen serve cdn cache --help`).
+    #[serde(default)]
+    pub shield_args: Vec<String>,
+    /// Extra arguments for every edge.
+    #[serde(default)]
+    pub edge_args: Vec<String>,
 }
 
 /// `[[phases]]`: one stretch of load with one model.
@@ -126,6 +155,33 @@ pub struct PhaseSection {
     pub slo: Option<SloSection>,
     /// The ledger scenario: transfers against a ledger-writer target instead of the request mix.
     pub ledger: Option<LedgerSection>,
+    /// The CDN scenario: generated object requests against a cache instead of the request mix.
+    pub cdn: Option<CdnSection>,
+}
+
+/// `[phases.cdn]`: the CDN scenario. Every request is a `GET` of a generated path; hits are read from the
+/// responses' `Cache-Status` (RFC 9211) and origin fetches from the origin's counters.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdnSection {
+    /// `zipf` (keys drawn by popularity), `video` (viewers play segments in order) or `storm` (every request
+    /// of a period asks for the same cold key).
+    pub workload: Option<String>,
+    /// Paths start with this (default `/static/` for zipf, `/video/` for video, `/static/storm-` for storm).
+    pub path_prefix: Option<String>,
+    /// zipf: key space size (ranks 1..=keys, default 10000); video: number of videos (default 100).
+    pub keys: Option<u64>,
+    /// zipf and video: popularity skew (default 1.0; 0 = uniform).
+    pub zipf_exponent: Option<f64>,
+    /// video: segments per video (default 100, the synthetic origin's default).
+    pub segments: Option<u32>,
+    /// storm: how long one cold key is asked for before the next one (default 200).
+    pub storm_period_ms: Option<u64>,
+    /// Latency the origin adds to this phase's paths while it runs (needs an origin admin); makes a storm's
+    /// fetch window long enough that many requests pile onto one cold key.
+    pub origin_latency_ms: Option<u64>,
+    /// Seed of the key draws (default: the phase's seed).
+    pub seed: Option<u64>,
 }
 
 /// `[phases.ledger]`: the ledger scenario (see `servers/ledger-writer/API.md`). Loadgen creates the accounts before

@@ -113,8 +113,20 @@ pub struct TargetInfo {
     pub system: Option<String>,
     /// Base URL used.
     pub url: String,
-    /// Server pid, for built-ins.
+    /// Server pid, for built-ins (a CDN: the first edge's).
     pub pid: Option<u32>,
+    /// Every process counted as the target's (a CDN's origin, shields and edges; an external target's `pids`).
+    #[serde(default)]
+    pub processes: Vec<TargetProcess>,
+}
+
+/// One process of a target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetProcess {
+    /// Label, as in `phases[].processes[].name` (`cdn/edge-0`).
+    pub name: String,
+    /// Process id.
+    pub pid: u32,
 }
 
 /// Request counts of a phase.
@@ -250,6 +262,70 @@ pub struct PhaseResult {
     /// Transfer-level figures and invariant checks of a ledger phase; null for other phases.
     #[serde(default)]
     pub ledger: Option<LedgerResult>,
+    /// Cache figures of a CDN phase; null for other phases.
+    #[serde(default)]
+    pub cdn: Option<CdnResult>,
+}
+
+/// What a CDN phase measured: hits as the responses' `Cache-Status` told them, origin work as the origin counted it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CdnResult {
+    /// `zipf`, `video` or `storm`.
+    pub workload: String,
+    /// Responses received (any status).
+    pub responses: u64,
+    /// Responses that carried a `Cache-Status` header (hit ratios below are null when none did).
+    pub with_cache_status: u64,
+    /// Responses the answering cache (the edge) had: `hit` on the last `Cache-Status` member.
+    pub edge_hits: u64,
+    /// Responses a cache further up had (`hit` on an earlier member).
+    pub upper_hits: u64,
+    /// edge_hits / responses.
+    pub edge_hit_ratio: Option<f64>,
+    /// Edge-hit body bytes / all body bytes.
+    pub edge_byte_hit_ratio: Option<f64>,
+    /// (edge_hits + upper_hits) / responses: answered without the origin, as the caches report it.
+    pub hit_ratio: Option<f64>,
+    /// The same by body bytes.
+    pub byte_hit_ratio: Option<f64>,
+    /// Response body bytes.
+    pub bytes: u64,
+    /// Requests the origin answered during the phase (null when loadgen cannot read the origin's counters).
+    pub origin_fetches: Option<u64>,
+    /// Body bytes the origin sent during the phase.
+    pub origin_bytes: Option<u64>,
+    /// 1 − origin_fetches / responses: the tier-neutral hit ratio, also for caches without `Cache-Status`.
+    pub offload_ratio: Option<f64>,
+    /// 1 − origin_bytes / bytes.
+    pub byte_offload_ratio: Option<f64>,
+    /// Storm phases: the coalescing check.
+    pub storm: Option<CdnStorm>,
+    /// Prefetch counts of all cache tiers (from their `cdn_cache_prefetch_total`), when they prefetch.
+    pub prefetch: Option<CdnPrefetch>,
+}
+
+/// The coalescing check of a storm phase: every cold key must have been fetched from the origin exactly once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CdnStorm {
+    /// Cold keys that got at least one successful response.
+    pub keys: u64,
+    /// Keys whose origin fetch count was read (at most 10,000, evenly spread).
+    pub keys_checked: u64,
+    /// Largest origin fetch count of one key.
+    pub max_fetches_per_key: u64,
+    /// Keys fetched more than once (each one is a correctness failure).
+    pub keys_fetched_more_than_once: u64,
+    /// Mean responses per cold key: how many requests piled onto each.
+    pub responses_per_key: f64,
+}
+
+/// Prefetch figures of a phase, summed over the tiers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CdnPrefetch {
+    /// Counts by outcome (`issued`, `stored`, `used`, `evicted_unused`, ...).
+    pub outcomes: BTreeMap<String, u64>,
+    /// used / (used + evicted_unused): the share of prefetched objects a client asked for before they left memory.
+    pub precision: Option<f64>,
 }
 
 /// Transfer-level figures of a ledger phase (`requests` counts HTTP requests, i.e. batches).

@@ -9,20 +9,21 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::cdn::{self as cdnmod, CdnTotals, OriginProbe};
 use crate::error::{ProfileError, RunError};
 use crate::hist::{self, Summary};
 use crate::host::{Git, Host};
 use crate::ledger::check::{self, Balances, LedgerTarget};
 use crate::plan::{
-    self, Arrival, CalibrationPlan, Env, HttpUrl, HttpVersion, LedgerPlan, LoadModel, PhasePlan,
-    Plan, RequestPlan, TargetKind,
+    self, Arrival, CalibrationPlan, CdnPlan, CdnTopology, CdnWorkload, Env, HttpUrl, HttpVersion,
+    LedgerPlan, LoadModel, PhasePlan, Plan, RequestPlan, TargetKind,
 };
 use crate::procs::{self, Sampler, ServerProc, WorkerLine};
 use crate::profile::{Profile, SloSection, TargetSection};
 use crate::result::{
-    Calibration, LedgerResult, LedgerTransfers, LedgerTwoPhase, LedgerVerification, PhaseResult,
-    ProcessResult, Requests, RunResult, SCHEMA_VERSION, SloCheck, SloReport, TargetInfo,
-    WarmupSummary,
+    Calibration, CdnPrefetch, CdnResult, CdnStorm, LedgerResult, LedgerTransfers, LedgerTwoPhase,
+    LedgerVerification, PhaseResult, ProcessResult, Requests, RunResult, SCHEMA_VERSION, SloCheck,
+    SloReport, TargetInfo, TargetProcess, WarmupSummary,
 };
 use crate::worker::{LEDGER_VERIFY_BUDGET_S, Progress, WorkerReport, WorkerSpec};
 
@@ -97,6 +98,9 @@ pub fn load_plan(opts: &RunOptions) -> Result<Plan, ProfileError> {
                 url: Some(url.clone()),
                 args: Vec::new(),
                 admin_url: None,
+                origin_admin_url: None,
+                pids: Vec::new(),
+                cdn: None,
             },
         );
     }
@@ -111,8 +115,18 @@ pub fn check_loopback(plan: &Plan, allow_remote: bool) -> Result<(), ProfileErro
         return Ok(());
     }
     for t in &plan.targets {
-        if let TargetKind::External { url, admin_url } = &t.kind {
-            for (field, u) in [("url", Some(url)), ("admin_url", admin_url.as_ref())] {
+        if let TargetKind::External {
+            url,
+            admin_url,
+            origin_admin_url,
+            ..
+        } = &t.kind
+        {
+            for (field, u) in [
+                ("url", Some(url)),
+                ("admin_url", admin_url.as_ref()),
+                ("origin_admin_url", origin_admin_url.as_ref()),
+            ] {
                 let Some(u) = u else { continue };
                 let parsed = HttpUrl::parse(u)
                     .map_err(|e| ProfileError::invalid(format!("targets.{}.{field}", t.name), e))?;
@@ -164,31 +178,66 @@ struct LiveTarget {
     name: String,
     url: String,
     addr: SocketAddr,
-    admin: Option<(SocketAddr, String)>,
-    server: Option<ServerProc>,
+    /// Every address the load is spread over (a CDN's edges); empty means `addr` alone.
+    addrs: Vec<SocketAddr>,
+    /// Admin listeners scraped around each phase: (label in `server_metrics`, address, host header).
+    admins: Vec<(String, SocketAddr, String)>,
+    /// Servers loadgen started, in start order (a CDN: origin, shields, edges), with their labels.
+    servers: Vec<(String, ServerProc)>,
+    /// Processes somebody else started whose CPU and memory count as the server's: (label, pid).
+    external_pids: Vec<(String, u32)>,
+    /// The origin behind a CDN target, when loadgen can reach its admin port.
+    origin: Option<OriginProbe>,
 }
 
 impl LiveTarget {
     fn info(&self) -> TargetInfo {
+        // The process that answers the target's URL: the first edge of a CDN, the only server otherwise.
+        let front = self.servers.last().map(|(_, s)| s);
         TargetInfo {
             name: self.name.clone(),
-            kind: if self.server.is_some() {
-                "builtin"
-            } else {
+            kind: if self.servers.is_empty() {
                 "external"
+            } else {
+                "builtin"
             }
             .into(),
-            system: self.server.as_ref().map(|s| s.system.clone()),
+            system: front.map(|s| s.system.clone()),
             url: self.url.clone(),
-            pid: self.server.as_ref().map(ServerProc::pid),
+            pid: front.map(ServerProc::pid),
+            processes: self
+                .server_pids()
+                .into_iter()
+                .map(|(name, pid)| TargetProcess { name, pid })
+                .collect(),
         }
     }
 
-    fn scrape(&self) -> Option<BTreeMap<String, f64>> {
-        let (addr, host) = self.admin.as_ref()?;
-        match procs::http_get(*addr, host, "/metrics", Duration::from_secs(3)) {
-            Ok((200, body)) => Some(procs::parse_prometheus(&body)),
-            _ => None,
+    /// Every process whose CPU counts as this target's: (label, pid).
+    fn server_pids(&self) -> Vec<(String, u32)> {
+        self.servers
+            .iter()
+            .map(|(l, s)| (l.clone(), s.pid()))
+            .chain(self.external_pids.iter().cloned())
+            .collect()
+    }
+
+    fn scrape(&self) -> BTreeMap<String, BTreeMap<String, f64>> {
+        let mut out = BTreeMap::new();
+        for (label, addr, host) in &self.admins {
+            if let Ok((200, body)) =
+                procs::http_get(*addr, host, "/metrics", Duration::from_secs(3))
+            {
+                out.insert(label.clone(), procs::parse_prometheus(&body));
+            }
+        }
+        out
+    }
+
+    fn stop(self) {
+        // Front tiers first, so no tier is left forwarding to one already gone.
+        for (_, s) in self.servers.into_iter().rev() {
+            s.stop(Duration::from_secs(5));
         }
     }
 }
@@ -208,42 +257,138 @@ impl Ctx<'_> {
     }
 }
 
+/// Starts one built-in server process (`loadgen serve <serve...> <args...>`) and returns it with its `http` and
+/// `admin` addresses.
+fn start_server(
+    ctx: &Ctx<'_>,
+    label: &str,
+    serve: &str,
+    args: &[String],
+) -> Result<(ServerProc, SocketAddr, Option<SocketAddr>), RunError> {
+    let log = procs::log_path(&ctx.out_dir, &format!("server-{}", label.replace('/', "-")));
+    let server = procs::start_builtin(
+        &ctx.exe,
+        label,
+        serve,
+        args,
+        &ctx.plan.placement.server_cpus,
+        &log,
+        Duration::from_secs(30),
+    )?;
+    let http = *server
+        .ready
+        .listeners
+        .get("http")
+        .ok_or_else(|| RunError::ServerNotReady {
+            target: label.into(),
+            reason: "it announced no `http` listener".into(),
+        })?;
+    let admin = server.ready.listeners.get("admin").copied();
+    Ok((server, http, admin))
+}
+
+/// Starts a CDN topology: the origin, then the shields in front of it, then the edges in front of the shields.
+fn start_cdn(ctx: &Ctx<'_>, name: &str, topo: &CdnTopology) -> Result<LiveTarget, RunError> {
+    let mut servers = Vec::new();
+    let mut admins = Vec::new();
+    let label = |role: &str| format!("{name}/{role}");
+    let url_of = |a: SocketAddr| format!("http://{a}");
+    let (origin, origin_http, origin_admin) =
+        start_server(ctx, &label("origin"), "cdn origin", &topo.origin_args)?;
+    servers.push((label("origin"), origin));
+    if let Some(a) = origin_admin {
+        admins.push((label("origin"), a, a.to_string()));
+    }
+    let mut shield_http = Vec::new();
+    let mut shield_admin = Vec::new();
+    for i in 0..topo.shields {
+        let mut args = vec![
+            "--role".to_string(),
+            "shield".into(),
+            "--upstream".into(),
+            url_of(origin_http),
+            "--name".into(),
+            format!("refbench-shield-{i}"),
+        ];
+        args.extend(topo.shield_args.iter().cloned());
+        let l = label(&format!("shield-{i}"));
+        let (proc_, http, admin) = start_server(ctx, &l, "cdn cache", &args)?;
+        servers.push((l.clone(), proc_));
+        shield_http.push(url_of(http));
+        if let Some(a) = admin {
+            admins.push((l, a, a.to_string()));
+            shield_admin.push(url_of(a));
+        }
+    }
+    let mut edge_addrs = Vec::new();
+    for i in 0..topo.edges {
+        let upstreams = if shield_http.is_empty() {
+            url_of(origin_http)
+        } else {
+            shield_http.join(",")
+        };
+        let mut args = vec![
+            "--role".to_string(),
+            "edge".into(),
+            "--upstream".into(),
+            upstreams,
+            "--name".into(),
+            format!("refbench-edge-{i}"),
+        ];
+        // Purges at an edge reach every shield before they are acknowledged.
+        if !shield_admin.is_empty() && shield_admin.len() == shield_http.len() {
+            args.extend(["--upstream-admin".to_string(), shield_admin.join(",")]);
+        }
+        args.extend(topo.edge_args.iter().cloned());
+        let l = label(&format!("edge-{i}"));
+        let (proc_, http, admin) = start_server(ctx, &l, "cdn cache", &args)?;
+        servers.push((l.clone(), proc_));
+        edge_addrs.push(http);
+        if let Some(a) = admin {
+            admins.push((l, a, a.to_string()));
+        }
+    }
+    Ok(LiveTarget {
+        name: name.into(),
+        url: url_of(edge_addrs[0]),
+        addr: edge_addrs[0],
+        addrs: edge_addrs,
+        admins,
+        servers,
+        external_pids: Vec::new(),
+        origin: origin_admin.map(|a| {
+            OriginProbe::new(a, Duration::from_millis(ctx.plan.limits.request_timeout_ms))
+        }),
+    })
+}
+
 fn start_target(ctx: &Ctx<'_>, name: &str, kind: &TargetKind) -> Result<LiveTarget, RunError> {
     match kind {
-        TargetKind::Builtin { system, args } => {
-            let log = procs::log_path(&ctx.out_dir, &format!("server-{name}"));
-            let server = procs::start_builtin(
-                &ctx.exe,
-                name,
-                system,
-                args,
-                &ctx.plan.placement.server_cpus,
-                &log,
-                Duration::from_secs(30),
-            )?;
-            let http =
-                *server
-                    .ready
-                    .listeners
-                    .get("http")
-                    .ok_or_else(|| RunError::ServerNotReady {
-                        target: name.into(),
-                        reason: "it announced no `http` listener".into(),
-                    })?;
-            let admin = server
-                .ready
-                .listeners
-                .get("admin")
-                .map(|a| (*a, a.to_string()));
+        TargetKind::Builtin {
+            cdn: Some(topo), ..
+        } => start_cdn(ctx, name, topo),
+        TargetKind::Builtin { system, args, .. } => {
+            let (server, http, admin) = start_server(ctx, name, system, args)?;
             Ok(LiveTarget {
                 name: name.into(),
                 url: format!("http://{http}"),
                 addr: http,
-                admin,
-                server: Some(server),
+                addrs: Vec::new(),
+                admins: admin
+                    .map(|a| (name.to_string(), a, a.to_string()))
+                    .into_iter()
+                    .collect(),
+                servers: vec![(name.to_string(), server)],
+                external_pids: Vec::new(),
+                origin: None,
             })
         }
-        TargetKind::External { url, admin_url } => {
+        TargetKind::External {
+            url,
+            admin_url,
+            origin_admin_url,
+            pids,
+        } => {
             let u = HttpUrl::parse(url)
                 .map_err(|e| RunError::io(format!("target {name}"), std::io::Error::other(e)))?;
             let addr = procs::resolve_addr(&u.host, u.port)
@@ -254,16 +399,45 @@ fn start_target(ctx: &Ctx<'_>, name: &str, kind: &TargetKind) -> Result<LiveTarg
                         .map_err(|e| RunError::io("admin url", std::io::Error::other(e)))?;
                     let aa = procs::resolve_addr(&au.host, au.port)
                         .map_err(|e| RunError::io("admin url", std::io::Error::other(e)))?;
-                    Some((aa, format!("{}:{}", au.host, au.port)))
+                    Some((name.to_string(), aa, format!("{}:{}", au.host, au.port)))
                 }
                 None => None,
             };
+            let origin = match origin_admin_url {
+                Some(o) => Some(
+                    OriginProbe::from_url(
+                        o,
+                        Duration::from_millis(ctx.plan.limits.request_timeout_ms),
+                    )
+                    .map_err(|e| RunError::io("origin admin url", std::io::Error::other(e)))?,
+                ),
+                None => None,
+            };
+            for &pid in pids {
+                if procs::process_cpu_seconds(pid).is_none() {
+                    return Err(RunError::io(
+                        format!("targets.{name}.pids"),
+                        std::io::Error::other(format!("no process {pid} on this host")),
+                    ));
+                }
+            }
+            let mut admins: Vec<_> = admin.into_iter().collect();
+            if let Some(o) = &origin {
+                let (a, host) = o.admin();
+                admins.push((format!("{name}/origin"), a, host));
+            }
             Ok(LiveTarget {
                 name: name.into(),
                 url: url.clone(),
                 addr,
-                admin,
-                server: None,
+                addrs: Vec::new(),
+                admins,
+                servers: Vec::new(),
+                external_pids: pids
+                    .iter()
+                    .map(|p| (format!("{name}/pid-{p}"), *p))
+                    .collect(),
+                origin,
             })
         }
     }
@@ -272,13 +446,22 @@ fn start_target(ctx: &Ctx<'_>, name: &str, kind: &TargetKind) -> Result<LiveTarg
 /// Merged outcome of one phase's loader processes.
 struct PhaseRun {
     reports: Vec<WorkerReport>,
-    server_cpu_s: Option<f64>,
-    server_pid: Option<u32>,
+    /// Each server process: (label, pid, CPU seconds over the phase).
+    servers: Vec<(String, u32, f64)>,
     sampled: BTreeMap<u32, procs::Sampled>,
     worker_pids: Vec<u32>,
-    metrics_before: Option<BTreeMap<String, f64>>,
-    metrics_after: Option<BTreeMap<String, f64>>,
+    metrics_before: BTreeMap<String, BTreeMap<String, f64>>,
+    metrics_after: BTreeMap<String, BTreeMap<String, f64>>,
     goose_reports: Vec<String>,
+    /// CDN phases: the nonce in this phase's storm keys.
+    cdn_nonce: u64,
+}
+
+/// CPU seconds of every listed process, or `None` when one of them cannot be read.
+fn cpu_of(pids: &[(String, u32)]) -> Option<Vec<f64>> {
+    pids.iter()
+        .map(|(_, p)| procs::process_cpu_seconds(*p))
+        .collect()
 }
 
 fn split(total: usize, parts: usize, i: usize) -> usize {
@@ -300,13 +483,18 @@ fn run_phase(
     } else {
         0
     };
+    let cdn_nonce = if phase.cdn.is_some() {
+        rand::random::<u64>() | 1
+    } else {
+        0
+    };
     let start_unix_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
         + 700_000_000;
-    let server_pid = target.server.as_ref().map(ServerProc::pid);
+    let server_pids = target.server_pids();
     let metrics_before = target.scrape();
-    let server_cpu_before = server_pid.and_then(procs::process_cpu_seconds);
+    let server_cpu_before = cpu_of(&server_pids);
 
     let goose_dir = ctx.out_dir.join("goose");
     let (tx, rx) = procs::worker_channel();
@@ -329,6 +517,7 @@ fn run_phase(
             total_lanes: phase.users,
             connections,
             target_addr: target.addr,
+            target_addrs: target.addrs.clone(),
             target_url: target.url.clone(),
             start_unix_ns,
             cpus: vec![plan.placement.loader_cpus[w % plan.placement.loader_cpus.len()]],
@@ -336,6 +525,7 @@ fn run_phase(
             limits: plan.limits.clone(),
             max_requests: (phase_cap as u128 * lanes as u128).div_ceil(phase.users as u128) as u64,
             ledger_nonce,
+            cdn_nonce,
         };
         lane_offset += lanes;
         let json = serde_json::to_string(&spec).expect("plain data serializes");
@@ -348,7 +538,7 @@ fn run_phase(
     drop(tx);
     let worker_pids: Vec<u32> = children.iter().map(|c| c.child.id()).collect();
     let mut pids = worker_pids.clone();
-    pids.extend(server_pid);
+    pids.extend(server_pids.iter().map(|(_, p)| *p));
     let sampler = Sampler::start(pids);
 
     let verify_s = match &phase.ledger {
@@ -365,7 +555,8 @@ fn run_phase(
     // loader's percentiles, not an exact merge: it is a view, and merging histograms every second cost the loaders'
     // core enough to show in p99.9. result.json holds the exact merge.
     let mut pending: BTreeMap<u64, (usize, u64, u64, u64, u64)> = BTreeMap::new();
-    let mut last_cpu = (Instant::now(), server_cpu_before);
+    let total_cpu = |c: &Option<Vec<f64>>| c.as_ref().map(|v| v.iter().sum::<f64>());
+    let mut last_cpu = (Instant::now(), total_cpu(&server_cpu_before));
     let mut failure: Option<RunError> = None;
     while eof.iter().any(|e| !e) {
         let left = hard_stop.saturating_duration_since(Instant::now());
@@ -396,7 +587,7 @@ fn run_phase(
                     }
                     let (_, ok, failed, p50, p99) = pending.pop_first().expect("present").1;
                     let now = Instant::now();
-                    let cpu_now = server_pid.and_then(procs::process_cpu_seconds);
+                    let cpu_now = total_cpu(&cpu_of(&server_pids));
                     let cpu_pct = match (last_cpu.1, cpu_now) {
                         (Some(a), Some(b)) => format!(
                             "{:.0}%",
@@ -452,7 +643,7 @@ fn run_phase(
             }
         }
     }
-    let server_cpu_after = server_pid.and_then(procs::process_cpu_seconds);
+    let server_cpu_after = cpu_of(&server_pids);
     let sampled = sampler.finish();
     let metrics_after = target.scrape();
     if let Some(e) = failure {
@@ -471,15 +662,20 @@ fn run_phase(
     ctx.requests_sent += reports.iter().map(|r| r.ok + r.failed).sum::<u64>();
     Ok(PhaseRun {
         reports,
-        server_cpu_s: server_cpu_before
-            .zip(server_cpu_after)
-            .map(|(a, b)| (b - a).max(0.0)),
-        server_pid,
+        servers: match (server_cpu_before, server_cpu_after) {
+            (Some(b), Some(a)) => server_pids
+                .iter()
+                .zip(b.iter().zip(&a))
+                .map(|((l, p), (b, a))| (l.clone(), *p, (a - b).max(0.0)))
+                .collect(),
+            _ => Vec::new(),
+        },
         sampled,
         worker_pids,
         metrics_before,
         metrics_after,
         goose_reports,
+        cdn_nonce,
     })
 }
 
@@ -627,6 +823,7 @@ fn calibration_phase(c: &CalibrationPlan) -> PhasePlan {
         requests: vec![RequestPlan::get_root()],
         slo: SloSection::default(),
         ledger: None,
+        cdn: None,
     }
 }
 
@@ -640,13 +837,12 @@ fn run_calibration(
         &TargetKind::Builtin {
             system: "floor".into(),
             args: Vec::new(),
+            cdn: None,
         },
     )?;
     let phase = calibration_phase(c);
     let run = run_phase(ctx, &phase, &floor, "calibration");
-    if let Some(s) = floor.server {
-        s.stop(Duration::from_secs(5));
-    }
+    floor.stop();
     let run = run?;
     let merged = merge_reports(&run.reports)?;
     let requests = merged.requests.total.max(1);
@@ -655,7 +851,8 @@ fn run_calibration(
     let reasons = loader_checks(ctx.plan, &phase, &run.reports, &lag);
     Ok((
         Calibration {
-            floor_cpu_us_per_request: run.server_cpu_s.unwrap_or(0.0) * 1e6 / requests as f64,
+            floor_cpu_us_per_request: run.servers.iter().map(|s| s.2).sum::<f64>() * 1e6
+                / requests as f64,
             loader_cpu_us_per_request: loader_cpu * 1e6 / requests as f64,
             rate_rps: c.rate_rps,
             achieved_rate_rps: if merged.wall_s > 0.0 {
@@ -765,8 +962,39 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
             Some(l) => Some(ledger_prepare(&plan, l, target)?),
             None => None,
         };
-        let run = run_phase(&mut ctx, phase, target, &label)?;
+        if let Some(c) = &phase.cdn {
+            cdn_prepare(c, target)?;
+        }
+        let run = run_phase(&mut ctx, phase, target, &label);
+        if let (Some(c), Some(origin)) = (&phase.cdn, &target.origin)
+            && c.origin_latency_ms.is_some()
+            && let Err(e) = origin.clear_injections()
+        {
+            warnings.push(format!(
+                "phase `{}`: could not clear the origin's latency: {e}",
+                phase.name
+            ));
+        }
+        let run = run?;
         let merged = merge_reports(&run.reports)?;
+        let cdn = match &phase.cdn {
+            Some(c) => {
+                let (result, failures, notes) = cdn_finish(c, target, &run);
+                for f in &failures {
+                    if !opts.quiet {
+                        eprintln!("[{label}] CDN CHECK FAILED: {f}");
+                    }
+                    correctness_failures.push(format!("phase `{}`: {f}", phase.name));
+                }
+                warnings.extend(
+                    notes
+                        .into_iter()
+                        .map(|n| format!("phase `{}`: {n}", phase.name)),
+                );
+                Some(result)
+            }
+            None => None,
+        };
         let ledger = match (&phase.ledger, prepared) {
             (Some(l), Some(prep)) => {
                 let (result, failures, notes) = ledger_finish(
@@ -811,16 +1039,10 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
         let wall_s = merged.wall_s.max(phase.duration_s);
         let total = merged.requests.total;
         let mut processes = Vec::new();
-        if let (Some(pid), Some(cpu)) = (run.server_pid, run.server_cpu_s) {
-            let s = run.sampled.get(&pid).cloned().unwrap_or_default();
+        for (label, pid, cpu) in &run.servers {
+            let s = run.sampled.get(pid).cloned().unwrap_or_default();
             processes.push(ProcessResult::new(
-                "server",
-                &phase.target,
-                pid,
-                cpu,
-                wall_s,
-                total,
-                &s,
+                "server", label, *pid, *cpu, wall_s, total, &s,
             ));
         }
         for (r, pid) in run.reports.iter().zip(&run.worker_pids) {
@@ -835,13 +1057,18 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
                 &s,
             ));
         }
-        let server_cpu_floor_ratio =
-            match (&calibration, processes.iter().find(|p| p.role == "server")) {
-                (Some(c), Some(s)) if c.floor_cpu_us_per_request > 0.0 => {
-                    Some(s.cpu_us_per_request / c.floor_cpu_us_per_request)
-                }
-                _ => None,
-            };
+        // A target of several processes (a CDN topology) costs what all of them spent per request.
+        let server_cpu_us_per_request: Option<f64> = processes
+            .iter()
+            .filter(|p| p.role == "server")
+            .map(|p| p.cpu_us_per_request)
+            .reduce(|a, b| a + b);
+        let server_cpu_floor_ratio = match (&calibration, server_cpu_us_per_request) {
+            (Some(c), Some(s)) if c.floor_cpu_us_per_request > 0.0 => {
+                Some(s / c.floor_cpu_us_per_request)
+            }
+            _ => None,
+        };
         let mut status_codes = BTreeMap::new();
         let mut errors = BTreeMap::new();
         for r in &run.reports {
@@ -853,9 +1080,11 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
             }
         }
         let mut server_metrics = BTreeMap::new();
-        let deltas = metric_deltas(run.metrics_before.as_ref(), run.metrics_after.as_ref());
-        if !deltas.is_empty() {
-            server_metrics.insert(phase.target.clone(), deltas);
+        for (label, after) in &run.metrics_after {
+            let deltas = metric_deltas(run.metrics_before.get(label), Some(after));
+            if !deltas.is_empty() {
+                server_metrics.insert(label.clone(), deltas);
+            }
         }
         let result = PhaseResult {
             name: phase.name.clone(),
@@ -898,6 +1127,7 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
             server_metrics,
             goose_reports: run.goose_reports.clone(),
             ledger,
+            cdn,
         };
         checks.extend(slo_checks(&result, &phase.slo));
         phases.push(result);
@@ -946,9 +1176,7 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
 
     let targets: Vec<TargetInfo> = live.values().map(LiveTarget::info).collect();
     for (_, t) in std::mem::take(&mut live) {
-        if let Some(s) = t.server {
-            s.stop(Duration::from_secs(5));
-        }
+        t.stop();
     }
     let slo = SloReport {
         passed: checks.iter().all(|c| c.passed),
@@ -975,6 +1203,167 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
     };
     write_result(&out_dir, &result)?;
     Ok(Finished { result, out_dir })
+}
+
+/// The target URL's path prefix (`""` for none).
+fn base_prefix(t: &LiveTarget) -> String {
+    HttpUrl::parse(&t.url).map(|u| u.prefix).unwrap_or_default()
+}
+
+/// Before a CDN phase: makes the origin slow for the phase's paths when the phase asks for it.
+fn cdn_prepare(c: &CdnPlan, t: &LiveTarget) -> Result<(), RunError> {
+    let Some(ms) = c.origin_latency_ms else {
+        return Ok(());
+    };
+    let origin = t.origin.as_ref().ok_or_else(|| RunError::ServerNotReady {
+        target: t.name.clone(),
+        reason: "origin_latency_ms needs the origin's admin port, and this target has none".into(),
+    })?;
+    origin
+        .set_latency(&format!("{}{}", base_prefix(t), c.path_prefix), ms)
+        .map_err(|reason| RunError::ServerNotReady {
+            target: t.name.clone(),
+            reason,
+        })
+}
+
+/// After a CDN phase: merges the loaders' counts, reads the origin's and the caches' counters and, for a storm,
+/// checks that every cold key was fetched from the origin exactly once. Returns the result, correctness failures
+/// and notes.
+fn cdn_finish(
+    c: &CdnPlan,
+    t: &LiveTarget,
+    run: &PhaseRun,
+) -> (CdnResult, Vec<String>, Vec<String>) {
+    let mut totals = CdnTotals::default();
+    for r in &run.reports {
+        if let Some(c) = &r.cdn {
+            totals.merge(c);
+        }
+    }
+    let mut failures = Vec::new();
+    let mut notes = Vec::new();
+    let origin_label = format!("{}/origin", t.name);
+    let origin = match (
+        run.metrics_before.get(&origin_label),
+        run.metrics_after.get(&origin_label),
+    ) {
+        (Some(b), Some(a)) => Some(cdnmod::origin_figures(&metric_deltas(Some(b), Some(a)))),
+        _ => None,
+    };
+    let mut prefetch_deltas = BTreeMap::new();
+    for (label, after) in &run.metrics_after {
+        if *label == origin_label {
+            continue;
+        }
+        for (k, v) in metric_deltas(run.metrics_before.get(label), Some(after)) {
+            *prefetch_deltas.entry(k).or_insert(0.0) += v;
+        }
+    }
+    let outcomes = cdnmod::prefetch_outcomes(&prefetch_deltas);
+    let prefetch = (!outcomes.is_empty()).then(|| {
+        let get = |k: &str| outcomes.get(k).copied().unwrap_or(0.0).max(0.0).round() as u64;
+        let (used, wasted) = (get("used"), get("evicted_unused"));
+        CdnPrefetch {
+            precision: cdnmod::ratio(used, used + wasted),
+            outcomes: outcomes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.max(0.0).round() as u64))
+                .collect(),
+        }
+    });
+    let storm = match (c.workload, &t.origin) {
+        (CdnWorkload::Storm { .. }, Some(origin)) => {
+            let keys: Vec<u64> = totals.storm_periods.iter().copied().collect();
+            let checked = cdnmod::spread(&keys, cdnmod::MAX_STORM_KEYS_CHECKED);
+            let prefix = base_prefix(t);
+            let mut max_fetches = 0;
+            let mut more_than_once = 0;
+            let mut unreadable = 0;
+            for p in &checked {
+                let path = cdnmod::CdnConfig::storm_path(&prefix, c, run.cdn_nonce, *p);
+                match origin.fetches(&path) {
+                    Ok(n) => {
+                        max_fetches = max_fetches.max(n);
+                        if n > 1 {
+                            more_than_once += 1;
+                            if more_than_once <= 5 {
+                                failures.push(format!(
+                                    "cold key {path} was fetched {n} times from the origin: concurrent misses must share one fetch"
+                                ));
+                            }
+                        } else if n == 0 {
+                            unreadable += 1;
+                        }
+                    }
+                    Err(_) => unreadable += 1,
+                }
+            }
+            if more_than_once > 5 {
+                failures.push(format!(
+                    "{more_than_once} of {} cold keys were fetched more than once",
+                    checked.len()
+                ));
+            }
+            if unreadable > 0 {
+                notes.push(format!(
+                    "the origin reported no fetch count for {unreadable} of {} storm keys (its per-key table may be full)",
+                    checked.len()
+                ));
+            }
+            Some(CdnStorm {
+                keys: keys.len() as u64,
+                keys_checked: checked.len() as u64,
+                max_fetches_per_key: max_fetches,
+                keys_fetched_more_than_once: more_than_once,
+                responses_per_key: if keys.is_empty() {
+                    0.0
+                } else {
+                    totals.responses as f64 / keys.len() as f64
+                },
+            })
+        }
+        (CdnWorkload::Storm { .. }, None) => {
+            notes.push("no origin admin: the storm's one-fetch-per-key check was skipped".into());
+            None
+        }
+        _ => None,
+    };
+    if totals.responses > 0 && totals.with_cache_status == 0 {
+        notes.push(
+            "no response carried Cache-Status: hit ratios come from the origin's counters only"
+                .into(),
+        );
+    }
+    let hits = totals.edge_hits + totals.upper_hits;
+    let hit_bytes = totals.edge_hit_bytes + totals.upper_hit_bytes;
+    let with_status = totals.with_cache_status > 0;
+    let offload = |fetched: u64, all: u64| cdnmod::ratio(fetched, all).map(|r| 1.0 - r);
+    let result = CdnResult {
+        workload: match c.workload {
+            CdnWorkload::Zipf { .. } => "zipf",
+            CdnWorkload::Video { .. } => "video",
+            CdnWorkload::Storm { .. } => "storm",
+        }
+        .into(),
+        responses: totals.responses,
+        with_cache_status: totals.with_cache_status,
+        edge_hits: totals.edge_hits,
+        upper_hits: totals.upper_hits,
+        edge_hit_ratio: cdnmod::ratio(totals.edge_hits, totals.responses).filter(|_| with_status),
+        edge_byte_hit_ratio: cdnmod::ratio(totals.edge_hit_bytes, totals.bytes)
+            .filter(|_| with_status),
+        hit_ratio: cdnmod::ratio(hits, totals.responses).filter(|_| with_status),
+        byte_hit_ratio: cdnmod::ratio(hit_bytes, totals.bytes).filter(|_| with_status),
+        bytes: totals.bytes,
+        origin_fetches: origin.map(|o| o.0),
+        origin_bytes: origin.map(|o| o.1),
+        offload_ratio: origin.and_then(|o| offload(o.0, totals.responses)),
+        byte_offload_ratio: origin.and_then(|o| offload(o.1, totals.bytes)),
+        storm,
+        prefetch,
+    };
+    (result, failures, notes)
 }
 
 fn ledger_err(t: &LiveTarget, reason: impl Into<String>) -> RunError {

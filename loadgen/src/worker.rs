@@ -27,6 +27,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
 
+use crate::cdn::{CdnConfig, CdnLane, CdnTotals};
 use crate::client::{self, ClientError, Conn, Template};
 use crate::error::RunError;
 use crate::hist;
@@ -63,6 +64,10 @@ pub struct WorkerSpec {
     pub connections: usize,
     /// Target address.
     pub target_addr: SocketAddr,
+    /// Several addresses of one target (a CDN's edges): lane `i` of the phase uses `target_addrs[i % len]`. Empty
+    /// means `target_addr` alone.
+    #[serde(default)]
+    pub target_addrs: Vec<SocketAddr>,
     /// Target base URL (host header, path prefix).
     pub target_url: String,
     /// Phase start, nanoseconds since the Unix epoch (the same instant for every worker).
@@ -78,6 +83,20 @@ pub struct WorkerSpec {
     /// Ledger phases: the high 64 bits of every transfer id of this phase (random per phase and run, nonzero).
     #[serde(default)]
     pub ledger_nonce: u64,
+    /// CDN phases: makes this phase's storm keys unlike any earlier run's (the same in every loader process).
+    #[serde(default)]
+    pub cdn_nonce: u64,
+}
+
+impl WorkerSpec {
+    /// The address phase-wide lane (or connection) `i` talks to.
+    pub fn addr_for(&self, i: usize) -> SocketAddr {
+        if self.target_addrs.is_empty() {
+            self.target_addr
+        } else {
+            self.target_addrs[i % self.target_addrs.len()]
+        }
+    }
 }
 
 /// One second of progress from one worker.
@@ -135,6 +154,9 @@ pub struct WorkerReport {
     /// Ledger phases: transfer counts, verification and expected balance changes.
     #[serde(default)]
     pub ledger: Option<LedgerWorkerReport>,
+    /// CDN phases: responses by cache class, bytes, storm keys answered.
+    #[serde(default)]
+    pub cdn: Option<CdnTotals>,
 }
 
 struct Stats {
@@ -154,6 +176,7 @@ struct Stats {
     first_send: Option<Instant>,
     last_done: Option<Instant>,
     ledger: Option<LedgerTotals>,
+    cdn: Option<CdnTotals>,
 }
 
 impl Stats {
@@ -178,12 +201,16 @@ impl Stats {
             first_send: None,
             last_done: None,
             ledger: None,
+            cdn: None,
         }
     }
 }
 
 struct Lane {
     conn: Option<Conn>,
+    /// Where this lane (re)connects.
+    addr: SocketAddr,
+    cdn: Option<CdnLane>,
     schedule: Option<LaneSchedule>,
     rng: SmallRng,
     ledger: Option<LaneLedger>,
@@ -210,6 +237,8 @@ struct Shared {
     ledger: Option<LedgerConfig>,
     /// Ledger lanes handed back when they finish, for verification.
     ledger_lanes: Mutex<Vec<LaneLedger>>,
+    /// CDN phases: the path generator's shared configuration.
+    cdn: Option<CdnConfig>,
 }
 
 /// CPU seconds (user + system) this process has used.
@@ -321,11 +350,27 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
             "the ledger scenario speaks HTTP/1.1 only".into(),
         ));
     }
+    let cdn = spec
+        .phase
+        .cdn
+        .as_ref()
+        .map(|c| CdnConfig::new(c, &base, spec.cdn_nonce));
+    if cdn.is_some() && spec.phase.http != HttpVersion::Http1 {
+        return Err(RunError::Goose(
+            "the CDN scenario speaks HTTP/1.1 only".into(),
+        ));
+    }
 
     // Connections are opened before the phase starts so the handshake is not part of the first latencies.
     let mut conns = Vec::with_capacity(spec.connections);
-    for _ in 0..spec.connections {
-        match client::connect(spec.target_addr, spec.phase.http, timeout).await {
+    for c in 0..spec.connections {
+        match client::connect(
+            spec.addr_for(spec.lane_offset + c),
+            spec.phase.http,
+            timeout,
+        )
+        .await
+        {
             Ok(c) => conns.push(Some(c)),
             // A lane whose connection failed retries on its first send and counts the failure there.
             Err(_) => conns.push(None),
@@ -358,6 +403,8 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
         };
         lanes.push(Mutex::new(Some(Lane {
             conn,
+            addr: spec.addr_for(spec.lane_offset + local % spec.connections),
+            cdn: cdn.as_ref().map(|c| CdnLane::new(c, global)),
             schedule,
             rng: SmallRng::seed_from_u64(mix_seed(spec.phase.seed ^ 0xA5A5, global as u64)),
             ledger: ledger.as_ref().map(|c| LaneLedger::new(c, local, global)),
@@ -370,6 +417,7 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
     let pacer = Pacer::start().map_err(|e| RunError::io("create pacing timer", e))?;
     let mut stats = Stats::new();
     stats.ledger = ledger.as_ref().map(|c| LedgerTotals::new(c.plan.accounts));
+    stats.cdn = cdn.as_ref().map(|_| CdnTotals::default());
     let shared = Arc::new(Shared {
         pacer,
         start,
@@ -386,6 +434,7 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
         finished: tokio::sync::Notify::new(),
         ledger,
         ledger_lanes: Mutex::new(Vec::new()),
+        cdn,
         lanes,
         spec,
     });
@@ -457,6 +506,7 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
         wall_seconds: end_at.saturating_duration_since(start).as_secs_f64(),
         goose_requests,
         ledger: ledger_report,
+        cdn: stats.cdn.clone(),
     })
 }
 
@@ -746,13 +796,14 @@ async fn run_lane(
         let template = &shared.templates[which];
         let send_at = Instant::now();
         if lane.conn.as_ref().is_none_or(|c| !c.is_usable()) {
-            lane.conn = client::connect(spec.target_addr, spec.phase.http, timeout)
+            lane.conn = client::connect(lane.addr, spec.phase.http, timeout)
                 .await
                 .ok();
         }
         // Ledger lanes build a fresh batch per send (only once a connection is there, so a failed connect sends
         // nothing and leaves nothing in doubt).
         let mut built = false;
+        let mut storm = None;
         let result = match (
             lane.conn.as_mut(),
             lane.ledger.as_mut(),
@@ -773,6 +824,21 @@ async fn run_lane(
                 )
                 .await
                 {
+                    Ok(r) => r,
+                    Err(_) => Err(ClientError::Timeout),
+                }
+            }
+            (Some(conn), _, _) if lane.cdn.is_some() => {
+                let (Some(lane_gen), Some(cfg)) = (lane.cdn.as_mut(), shared.cdn.as_ref()) else {
+                    unreachable!("CDN lanes exist only with a CDN config");
+                };
+                storm = lane_gen.next(
+                    cfg,
+                    intended
+                        .saturating_duration_since(shared.start)
+                        .as_secs_f64(),
+                );
+                match tokio::time::timeout(timeout, conn.send_h1(&lane_gen.request)).await {
                     Ok(r) => r,
                     Err(_) => Err(ClientError::Timeout),
                 }
@@ -816,6 +882,9 @@ async fn run_lane(
             match &result {
                 Ok(x) => {
                     st.bytes += x.body_bytes;
+                    if let Some(c) = st.cdn.as_mut() {
+                        c.record(x, storm);
+                    }
                     *st.status_codes.entry(x.status.as_u16()).or_insert(0) += 1;
                 }
                 Err(e) => {

@@ -386,6 +386,7 @@ fn result(p99_us: u64) -> RunResult {
         server_metrics: BTreeMap::new(),
         goose_reports: vec![],
         ledger: None,
+        cdn: None,
     };
     RunResult {
         schema_version: SCHEMA_VERSION,

@@ -111,7 +111,8 @@ fn defaults_are_filled_in() {
         plan.targets[0].kind,
         TargetKind::Builtin {
             system: "floor".into(),
-            args: vec![]
+            args: vec![],
+            cdn: None,
         }
     );
 }
@@ -480,4 +481,209 @@ fn loopback_hosts() {
     ] {
         assert!(!plan::is_loopback_host(host, 80), "{host} is not loopback");
     }
+}
+
+/// A profile with a built-in CDN topology target `cdn` (its `[targets.cdn.cdn]` lines in `topo`) and one phase on
+/// it whose `[phases.cdn]` holds `cdn`.
+fn cdn_profile(topo: &str, cdn: &str) -> String {
+    format!(
+        r#"name = "t"
+[targets.cdn]
+builtin = "cdn"
+[targets.cdn.cdn]
+{topo}
+[[phases]]
+name = "p"
+target = "cdn"
+model = "open"
+rate_rps = 100
+duration_s = 10
+[phases.cdn]
+{cdn}"#
+    )
+}
+
+#[test]
+fn cdn_defaults_and_workloads() {
+    use refbench_loadgen::plan::{CdnTopology, CdnWorkload};
+    let plan = resolve(&cdn_profile("", ""));
+    assert_eq!(
+        plan.targets[0].kind,
+        TargetKind::Builtin {
+            system: "cdn".into(),
+            args: vec![],
+            cdn: Some(CdnTopology {
+                edges: 2,
+                shields: 2,
+                origin_args: vec![],
+                shield_args: vec![],
+                edge_args: vec![],
+            }),
+        }
+    );
+    let c = plan.phases[0].cdn.as_ref().expect("cdn phase");
+    assert_eq!(
+        c.workload,
+        CdnWorkload::Zipf {
+            keys: 10_000,
+            zipf_exponent: 1.0
+        }
+    );
+    assert_eq!(c.path_prefix, "/static/");
+    assert_eq!(plan.phases[0].requests.len(), 1);
+    assert_eq!(plan.phases[0].requests[0].method, "GET");
+
+    let video = resolve(&cdn_profile(
+        "edges = 1\nshields = 0",
+        "workload = \"video\"\nkeys = 7",
+    ));
+    let c = video.phases[0].cdn.as_ref().unwrap();
+    assert_eq!(
+        c.workload,
+        CdnWorkload::Video {
+            videos: 7,
+            segments: 100,
+            zipf_exponent: 1.0
+        }
+    );
+    assert_eq!(c.path_prefix, "/video/");
+
+    let storm = resolve(&cdn_profile(
+        "",
+        "workload = \"storm\"\nstorm_period_ms = 50\norigin_latency_ms = 20",
+    ));
+    let c = storm.phases[0].cdn.as_ref().unwrap();
+    assert_eq!(c.workload, CdnWorkload::Storm { period_ms: 50 });
+    assert_eq!(c.origin_latency_ms, Some(20));
+}
+
+#[test]
+fn cdn_refusals_name_their_field() {
+    for (what, text, field) in [
+        (
+            "unknown workload",
+            cdn_profile("", "workload = \"scan\""),
+            "phases[0].cdn.workload",
+        ),
+        ("no keys", cdn_profile("", "keys = 0"), "phases[0].cdn.keys"),
+        (
+            "negative skew",
+            cdn_profile("", "zipf_exponent = -1.0"),
+            "phases[0].cdn.zipf_exponent",
+        ),
+        (
+            "segments outside video",
+            cdn_profile("", "segments = 10"),
+            "phases[0].cdn.segments",
+        ),
+        (
+            "keys in a storm",
+            cdn_profile("", "workload = \"storm\"\nkeys = 10"),
+            "phases[0].cdn.keys",
+        ),
+        (
+            "too many storm keys",
+            cdn_profile("", "workload = \"storm\"\nstorm_period_ms = 1\n")
+                .replace("duration_s = 10", "duration_s = 1000"),
+            "phases[0].cdn.storm_period_ms",
+        ),
+        (
+            "relative prefix",
+            cdn_profile("", "path_prefix = \"static/\""),
+            "phases[0].cdn.path_prefix",
+        ),
+        (
+            "query in prefix",
+            cdn_profile("", "path_prefix = \"/a?b=\""),
+            "phases[0].cdn.path_prefix",
+        ),
+        (
+            "origin latency too long",
+            cdn_profile("", "origin_latency_ms = 60001"),
+            "phases[0].cdn.origin_latency_ms",
+        ),
+        (
+            "no edges",
+            cdn_profile("edges = 0", ""),
+            "targets.cdn.cdn.edges",
+        ),
+        (
+            "loadgen wires upstreams",
+            cdn_profile("edge_args = [\"--upstream\", \"http://127.0.0.1:1\"]", ""),
+            "targets.cdn.cdn.edge_args",
+        ),
+        (
+            "args on a topology",
+            cdn_profile("", "").replace("builtin = \"cdn\"", "builtin = \"cdn\"\nargs = [\"-x\"]"),
+            "targets.cdn.args",
+        ),
+        (
+            "http2",
+            cdn_profile("", "").replace("duration_s = 10", "duration_s = 10\nhttp = \"2\""),
+            "phases[0].http",
+        ),
+        (
+            "cdn and ledger",
+            format!("{}\n[phases.ledger]\naccounts = 10\n", cdn_profile("", "")),
+            "phases[0].cdn",
+        ),
+        (
+            "origin latency without an origin",
+            minimal("[phases.cdn]\norigin_latency_ms = 5"),
+            "phases[0].cdn.origin_latency_ms",
+        ),
+        (
+            "topology on floor",
+            minimal("").replace(
+                "builtin = \"floor\"",
+                "builtin = \"floor\"\n[targets.floor.cdn]\nedges = 1",
+            ),
+            "targets.floor.cdn",
+        ),
+        (
+            "pids on a builtin",
+            minimal("").replace("builtin = \"floor\"", "builtin = \"floor\"\npids = [1]"),
+            "targets.floor.pids",
+        ),
+    ] {
+        assert_eq!(refused_field(&text, two_cpus()), field, "{what}");
+    }
+}
+
+#[test]
+fn external_cdn_targets_take_an_origin_admin_and_pids() {
+    let text = r#"name = "t"
+[targets.nginx]
+url = "http://127.0.0.1:8080"
+origin_admin_url = "http://127.0.0.1:9091"
+pids = [10, 11]
+[[phases]]
+name = "p"
+target = "nginx"
+model = "open"
+rate_rps = 100
+duration_s = 10
+[phases.cdn]
+workload = "storm"
+origin_latency_ms = 10
+"#;
+    let plan = resolve(text);
+    match &plan.targets[0].kind {
+        TargetKind::External {
+            origin_admin_url,
+            pids,
+            ..
+        } => {
+            assert_eq!(origin_admin_url.as_deref(), Some("http://127.0.0.1:9091"));
+            assert_eq!(pids, &[10, 11]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let bad = text.replace("http://127.0.0.1:9091", "ftp://x");
+    assert_eq!(
+        refused_field(&bad, two_cpus()),
+        "targets.nginx.origin_admin_url"
+    );
+    let zero = text.replace("[10, 11]", "[0]");
+    assert_eq!(refused_field(&zero, two_cpus()), "targets.nginx.pids");
 }

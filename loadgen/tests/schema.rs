@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use refbench_loadgen::hist::{self, Summary};
 use refbench_loadgen::host::{Git, Host};
-use refbench_loadgen::plan::{self, Env};
+use refbench_loadgen::plan::{self, CdnWorkload, Env};
 use refbench_loadgen::procs::Sampled;
 use refbench_loadgen::profile::Profile;
 use refbench_loadgen::result::{
-    LedgerResult, LedgerServerVerify, LedgerTransfers, LedgerTwoPhase, LedgerVerification,
-    PhaseResult, ProcessResult, Requests, RunResult, SCHEMA_VERSION, SloCheck, SloReport,
-    TargetInfo, WarmupSummary,
+    CdnPrefetch, CdnResult, CdnStorm, LedgerResult, LedgerServerVerify, LedgerTransfers,
+    LedgerTwoPhase, LedgerVerification, PhaseResult, ProcessResult, Requests, RunResult,
+    SCHEMA_VERSION, SloCheck, SloReport, TargetInfo, TargetProcess, WarmupSummary,
 };
 use serde_json::{Value, json};
 
@@ -290,6 +290,14 @@ enabled = false
 [targets.ext]
 url = "http://127.0.0.1:9/api"
 admin_url = "http://127.0.0.1:10"
+origin_admin_url = "http://127.0.0.1:11"
+pids = [4242]
+[targets.edge]
+builtin = "cdn"
+[targets.edge.cdn]
+edges = 1
+shields = 0
+origin_args = ["--size-bytes", "1024"]
 [targets.floor]
 builtin = "floor"
 args = ["--delay-fixed-us", "500"]
@@ -328,6 +336,23 @@ accounts = 100
 currencies = ["USD", "EUR"]
 batch_size = 4
 two_phase_ratio = 0.5
+[[phases]]
+name = "storm"
+target = "edge"
+model = "open"
+rate_rps = 100
+duration_s = 1
+[phases.cdn]
+workload = "storm"
+origin_latency_ms = 50
+[[phases]]
+name = "video"
+target = "ext"
+model = "closed"
+duration_s = 1
+[phases.cdn]
+workload = "video"
+keys = 10
 "#,
         "synthetic",
     )
@@ -431,6 +456,36 @@ two_phase_ratio = 0.5
                     ..LedgerVerification::default()
                 }),
             }),
+            cdn: p.cdn.as_ref().map(|c| CdnResult {
+                workload: match c.workload {
+                    CdnWorkload::Storm { .. } => "storm".into(),
+                    _ => "video".into(),
+                },
+                responses: 4,
+                with_cache_status: 0,
+                edge_hits: 0,
+                upper_hits: 0,
+                edge_hit_ratio: None,
+                edge_byte_hit_ratio: None,
+                hit_ratio: None,
+                byte_hit_ratio: None,
+                bytes: 6,
+                origin_fetches: Some(1),
+                origin_bytes: Some(1024),
+                offload_ratio: Some(0.75),
+                byte_offload_ratio: None,
+                storm: matches!(c.workload, CdnWorkload::Storm { .. }).then_some(CdnStorm {
+                    keys: 5,
+                    keys_checked: 5,
+                    max_fetches_per_key: 1,
+                    keys_fetched_more_than_once: 0,
+                    responses_per_key: 0.8,
+                }),
+                prefetch: Some(CdnPrefetch {
+                    outcomes: BTreeMap::from([("used".to_string(), 3), ("issued".to_string(), 4)]),
+                    precision: Some(1.0),
+                }),
+            }),
         })
         .collect();
     let checks: Vec<SloCheck> = phases
@@ -482,6 +537,10 @@ two_phase_ratio = 0.5
             system: None,
             url: "http://127.0.0.1:9/api".into(),
             pid: None,
+            processes: vec![TargetProcess {
+                name: "ext/pid-4242".into(),
+                pid: 4242,
+            }],
         }],
         phases,
         warmup_phases: vec![WarmupSummary {

@@ -2,7 +2,6 @@
 //! through the wire API, with its invariants checked afterwards.
 //!
 //! - [`wire`]: the 128-byte records and 16-byte results, encoded and decoded here (loadgen never links the server).
-//! - [`zipf`]: the hot-account skew.
 //! - [`model`]: what a loader lane sends and what it expects the ledger to hold: transfer generation, the
 //!   two-phase queue, per-account deltas, acknowledged and in-doubt transfers, and their verification by lookup.
 //! - [`check`]: the coordinator's side: account set-up, balance lookups before and after a phase, the comparison
@@ -11,4 +10,3 @@
 pub mod check;
 pub mod model;
 pub mod wire;
-pub mod zipf;

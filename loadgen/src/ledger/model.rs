@@ -21,9 +21,9 @@ use crate::ledger::wire::{
     ItemResult, MAX_BATCH, RECORD_BYTES, RESULT_BYTES, RESULT_EXISTS, RESULT_NAMES, RESULT_OK,
     Transfer, currency_code, result_name, transfer_flags,
 };
-use crate::ledger::zipf::Zipf;
 use crate::plan::{HttpUrl, LedgerPlan};
 use crate::schedule::mix_seed;
+use crate::zipf::Zipf;
 
 /// Tag in the top bits of every scenario account id.
 pub const ACCOUNT_ID_TAG: u128 = 0xACC;
