@@ -132,8 +132,9 @@ zipf_exponent = 0.0
 name = "video"
 target = "cdn"
 model = "closed"
-think_time_ms = 20
-duration_s = 2
+# Time for the prefetch of the next segments to land before the viewer asks (a loaded CI host is slow).
+think_time_ms = 50
+duration_s = 3
 connections = 2
 [phases.cdn]
 workload = "video"

@@ -23,7 +23,10 @@ use http::header::{
     DATE, ETAG, EXPECT, EXPIRES, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
     IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
 };
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, request};
+use http::uri::Scheme;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, request,
+};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::Service;
@@ -287,6 +290,97 @@ enum Found {
     None {
         vary_miss: bool,
     },
+}
+
+/// Checks the request-target and `Host` (RFC 9112 §3.2, §3.2.2) before anything is looked up or fetched, and makes
+/// `Host` agree with the key. Returns why the request is a 400, if it is.
+///
+/// hyper accepts any target `http::Uri` parses, so without this `GET x` (parsed as authority-form, host `x`) was
+/// keyed `x/` and fetched `/` from upstream, and a request without `Host`, or with two, was keyed under whatever
+/// host came first (or none). The key is `host + path`, so a `Host` carrying a path (`Host: a/b`) could also make
+/// one URI's key equal another's (`a` + `/b/c`): a `Host` must be a plain authority.
+///
+/// A target with an authority (absolute-form, and every HTTP/2 request via `:authority`) is keyed by that
+/// authority, so the fetch must name it too: a proxy MUST replace `Host` with it (RFC 9112 §3.2.2). Forwarding the
+/// client's `Host` instead stored whatever the upstream answered for that host under the target's host (one host's
+/// response under another's key), and HTTP/2 requests went upstream with the upstream's own address as `Host`.
+fn normalize_target(parts: &mut request::Parts) -> Option<&'static str> {
+    let uri = &parts.uri;
+    let authority = match (uri.scheme(), uri.authority()) {
+        // origin-form, or asterisk-form (OPTIONS only)
+        (None, None) => {
+            let path = uri.path();
+            if path == "*" {
+                if parts.method != Method::OPTIONS {
+                    return Some("the asterisk-form target is for OPTIONS only");
+                }
+            } else if !path.starts_with('/') {
+                return Some("the request target must start with /");
+            }
+            None
+        }
+        (Some(scheme), Some(a)) => {
+            if scheme != &Scheme::HTTP && scheme != &Scheme::HTTPS {
+                return Some("the request target's scheme must be http or https");
+            }
+            Some(a.clone())
+        }
+        // authority-form: CONNECT only (answered 405 later); anything else
+        (None, Some(_)) if parts.method == Method::CONNECT => return None,
+        _ => return Some("the request target must be origin-form or absolute-form"),
+    };
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some("more than one Host");
+    }
+    match host {
+        // Empty is allowed (RFC 9110 §7.2: a target without an authority); otherwise host[:port], nothing else.
+        Some(h) if h.is_empty() => {}
+        Some(h) if !plain_host(h.as_bytes()) => {
+            return Some("Host must be a host and an optional port");
+        }
+        Some(_) => {}
+        None if parts.version == Version::HTTP_11 => return Some("HTTP/1.1 requires Host"),
+        None => {}
+    }
+    if let Some(a) = authority {
+        if a.as_str().contains('@') {
+            return Some("the request target must not carry userinfo");
+        }
+        let same = parts
+            .headers
+            .get(HOST)
+            .is_some_and(|h| h.as_bytes() == a.as_str().as_bytes());
+        if !same && let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            parts.headers.insert(HOST, v);
+        }
+    }
+    None
+}
+
+/// Whether `h` is `host[:port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): an IP literal in brackets, or reg-name / IPv4
+/// characters, then an optional numeric port. No `/`, `?`, `#`, `@` or whitespace; checked without allocating,
+/// since every request runs it.
+fn plain_host(h: &[u8]) -> bool {
+    let (host, port) = match h.iter().rposition(|&b| b == b':') {
+        Some(i) if !h[i..].contains(&b']') => (&h[..i], &h[i + 1..]),
+        _ => (h, &[][..]),
+    };
+    if !port.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    if let Some(literal) = host.strip_prefix(b"[") {
+        return literal.strip_suffix(b"]").is_some_and(|l| {
+            !l.is_empty()
+                && l.iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        });
+    }
+    !host.is_empty()
+        && host
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b))
 }
 
 fn strip_hop_by_hop(headers: &HeaderMap) -> HeaderMap {
@@ -738,7 +832,18 @@ impl CacheApp {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        if let Some(why) = normalize_target(&mut parts) {
+            let status = Status {
+                detail: Some("bad-request"),
+                ..Status::default()
+            };
+            let mut r = text_response(StatusCode::BAD_REQUEST, why.to_string());
+            // hyper keeps the connection open after a handler's 400; a client this confused gets it closed.
+            r.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return self.finish(r, &status, None);
+        }
         if parts.method != Method::GET && parts.method != Method::HEAD {
             return self.forward_other(parts, body).await;
         }
@@ -1443,6 +1548,84 @@ impl Service<Request<Incoming>> for CacheApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_hosts() {
+        for ok in [
+            "cdn.test",
+            "CDN.test:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "a-b_c~d",
+            "x:",
+        ] {
+            assert!(plain_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "cdn.test/static",
+            "cdn.test?x",
+            "cdn.test#f",
+            "user@cdn.test",
+            "cdn.test:8o",
+            "a b",
+            "[::1",
+            "[]",
+            "::1",
+            "cdn.test:80:90",
+            "cdn\ttest",
+        ] {
+            assert!(!plain_host(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets_and_hosts() {
+        let parts = |method: Method, uri: &str, version: Version, hosts: &[&str]| {
+            let mut b = Request::builder().method(method).uri(uri).version(version);
+            for h in hosts {
+                b = b.header(HOST, *h);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        let v11 = Version::HTTP_11;
+        for (m, uri, v, hosts) in [
+            (Method::GET, "/a?b", v11, &["cdn.test"][..]),
+            (Method::GET, "/a", v11, &[""][..]),
+            (Method::GET, "/a", Version::HTTP_10, &[][..]),
+            (Method::GET, "/a", Version::HTTP_2, &[][..]),
+            (Method::OPTIONS, "*", v11, &["cdn.test"][..]),
+            (Method::CONNECT, "cdn.test:443", v11, &["cdn.test"][..]),
+        ] {
+            let mut p = parts(m, uri, v, hosts);
+            assert_eq!(normalize_target(&mut p), None, "{uri} {hosts:?}");
+        }
+        for (m, uri, v, hosts) in [
+            (Method::GET, "*", v11, &["cdn.test"][..]),
+            (Method::GET, "x", v11, &["cdn.test"][..]),
+            (Method::GET, "cdn.test:80", v11, &["cdn.test"][..]),
+            (Method::GET, "ftp://cdn.test/a", v11, &["cdn.test"][..]),
+            (Method::GET, "http://u@cdn.test/a", v11, &["cdn.test"][..]),
+            (Method::GET, "/a", v11, &[][..]),
+            (Method::GET, "http://cdn.test/a", v11, &[][..]),
+            (Method::GET, "/a", v11, &["a", "b"][..]),
+            (Method::GET, "/a", v11, &["a/b"][..]),
+        ] {
+            let mut p = parts(m, uri, v, hosts);
+            assert!(normalize_target(&mut p).is_some(), "{uri} {hosts:?}");
+        }
+        // An authority in the target replaces Host (absolute-form), or supplies it (HTTP/2).
+        let mut p = parts(Method::GET, "http://Other.test:81/a", v11, &["cdn.test"]);
+        assert_eq!(normalize_target(&mut p), None);
+        assert_eq!(
+            p.headers.get_all(HOST).iter().collect::<Vec<_>>(),
+            ["Other.test:81"]
+        );
+        let mut p = parts(Method::GET, "http://h2.test/a", Version::HTTP_2, &[]);
+        assert_eq!(normalize_target(&mut p), None);
+        assert_eq!(p.headers[HOST], "h2.test");
+    }
 
     #[test]
     fn conditionals() {
