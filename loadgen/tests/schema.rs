@@ -380,7 +380,7 @@ keys = 10
             target: p.target.clone(),
             model: p.model_name().into(),
             http: "2".into(),
-            arrival: Some("poisson".into()),
+            arrival: p.offered_rate_rps().map(|_| "poisson".into()),
             duration_s: p.duration_s,
             connections: p.connections,
             users: p.users,
@@ -597,8 +597,9 @@ fn schema_accepts_serde_output_and_rejects_drift() {
         "a RunResult serialized by serde does not match the schema:\n{}",
         errors.join("\n")
     );
-    assert!(base["calibration"].is_null() && base["phases"].as_array().unwrap().len() == 3);
+    assert!(base["calibration"].is_null() && base["phases"].as_array().unwrap().len() == 5);
     assert!(base["phases"][0]["ledger"].is_null() && base["phases"][2]["ledger"].is_object());
+    assert!(base["phases"][3]["cdn"]["storm"].is_object() && base["phases"][4]["cdn"].is_object());
 
     // (what, where the error must be reported, edit)
     let cases: Vec<(&str, &str, Edit)> = vec![
@@ -659,6 +660,31 @@ fn schema_accepts_serde_output_and_rejects_drift() {
             "slo passed with a failed check",
             "/slo/checks/0/passed",
             Box::new(|d| d["slo"]["passed"] = json!(true)),
+        ),
+        (
+            "cdn field removed",
+            "/phases/3/cdn",
+            Box::new(|d| remove(d, "/phases/3/cdn", "offload_ratio")),
+        ),
+        (
+            "storm field removed",
+            "/phases/3/cdn",
+            Box::new(|d| remove(d, "/phases/3/cdn/storm", "max_fetches_per_key")),
+        ),
+        (
+            "unknown cdn workload",
+            "/phases/4/cdn",
+            Box::new(|d| d["phases"][4]["cdn"]["workload"] = json!("scan")),
+        ),
+        (
+            "cdn plan without its period",
+            "/profile/phases/4/cdn",
+            Box::new(|d| remove(d, "/profile/phases/4/cdn", "period_ms")),
+        ),
+        (
+            "target process without its pid",
+            "/targets/0/processes/0",
+            Box::new(|d| remove(d, "/targets/0/processes/0", "pid")),
         ),
         (
             "ledger field removed",
