@@ -6,53 +6,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use refbench_cdn::cache::{self, CacheKey, Role, TierConfig, TierPlan};
-use refbench_cdn::origin::{self, Injection, OriginConfig, OriginPlan, Rule, default_rules};
-use refbench_common::shutdown::{self, ShutdownTrigger};
+use refbench_cdn::cache::{CacheKey, Role, TierConfig};
+use refbench_cdn::origin::{Injection, OriginConfig, Rule, default_rules};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Bounds hangs on a shared 2-core host; never a speed measurement.
-const PROMPT: Duration = Duration::from_secs(10);
+mod common;
 
-/// Every request names this host, so every tier computes the same keys whatever port it listens on.
-const HOST: &str = "cdn.test";
-
-struct Origin {
-    started: origin::Started,
-    _trigger: ShutdownTrigger,
-}
-
-impl Origin {
-    fn url(&self) -> String {
-        format!("http://{}", self.started.http_addr)
-    }
-    fn fetches(&self, key: &str) -> u64 {
-        self.started.app.fetches().get(key).fetches
-    }
-    fn inject(&self, list: Vec<Injection>) {
-        self.started.app.set_injections(list).unwrap();
-    }
-    fn expected(&self, target: &str, headers: &HeaderMap) -> Bytes {
-        let version = self.started.app.version(target);
-        origin::expected_body(self.started.app.config(), target, headers, version)
-    }
-}
-
-async fn start_origin(cfg: OriginConfig) -> Origin {
-    let (trigger, shutdown) = shutdown::channel();
-    let started = origin::start(cfg.resolve().unwrap(), &OriginPlan::default(), shutdown)
-        .await
-        .unwrap();
-    Origin {
-        started,
-        _trigger: trigger,
-    }
-}
+use common::{Got, HOST, PROMPT, Tier, read, start_origin, start_tier, tier_config};
 
 /// The default rules plus `/auth/` (cacheable, but not explicitly shareable with authorized requests).
 fn origin_config() -> OriginConfig {
@@ -72,113 +36,17 @@ fn origin_config() -> OriginConfig {
     }
 }
 
-struct Tier {
-    started: cache::Started,
-    _trigger: ShutdownTrigger,
-}
-
-impl Tier {
-    fn http(&self) -> SocketAddr {
-        self.started.http_addr
-    }
-    fn url(&self) -> String {
-        format!("http://{}", self.started.http_addr)
-    }
-    fn stored(&self, path: &str) -> bool {
-        self.started
-            .app
-            .store()
-            .contains(CacheKey::new(HOST, path).hash)
-    }
-}
-
-fn tier_config(role: Role, upstreams: Vec<String>) -> TierConfig {
-    TierConfig {
-        role,
-        upstreams,
-        memory_bytes: 64 * 1024 * 1024,
-        shards: 4,
-        max_object_bytes: 4 * 1024 * 1024,
-        upstream_read_timeout_ms: 2_000,
-        ..TierConfig::default()
-    }
-}
-
-async fn start_tier(cfg: TierConfig) -> Tier {
-    let (trigger, shutdown) = shutdown::channel();
-    let started = cache::start(cfg.resolve().unwrap(), &TierPlan::default(), shutdown)
-        .await
-        .unwrap();
-    Tier {
-        started,
-        _trigger: trigger,
-    }
-}
-
 async fn send(
     addr: SocketAddr,
     method: Method,
     target: &str,
     headers: &[(&str, &str)],
 ) -> Result<hyper::Response<Incoming>, hyper::Error> {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(target)
-        .header("host", HOST);
-    for (n, v) in headers {
-        req = req.header(*n, *v);
-    }
-    let req = req.body(Full::new(Bytes::new())).unwrap();
-    tokio::time::timeout(PROMPT, tx.send_request(req))
-        .await
-        .expect("response head in time")
-}
-
-#[derive(Debug)]
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} in {:?}", self.headers))
-            .to_str()
-            .unwrap()
-    }
-    /// This tier's own Cache-Status member (the last one).
-    fn status_of(&self, tier: &str) -> String {
-        let v = self.header("cache-status");
-        v.split(", ")
-            .filter(|m| m.starts_with(tier))
-            .last()
-            .unwrap_or_else(|| panic!("no {tier} member in {v:?}"))
-            .to_string()
-    }
+    common::send(addr, method, target, HOST, headers, Bytes::new()).await
 }
 
 async fn request(addr: SocketAddr, method: Method, target: &str, headers: &[(&str, &str)]) -> Got {
-    let r = send(addr, method, target, headers).await.expect("response");
-    let status = r.status();
-    let headers = r.headers().clone();
-    let body = tokio::time::timeout(PROMPT, r.into_body().collect())
-        .await
-        .expect("body in time")
-        .expect("whole body")
-        .to_bytes();
-    Got {
-        status,
-        headers,
-        body,
-    }
+    read(send(addr, method, target, headers).await.expect("response")).await
 }
 
 async fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Got {

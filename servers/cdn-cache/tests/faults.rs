@@ -14,156 +14,36 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use refbench_cdn::cache::{self, CacheKey, Role, TierConfig, TierPlan};
-use refbench_cdn::origin::{self, Injection, OriginConfig, OriginPlan};
-use refbench_common::shutdown::{self, ShutdownTrigger};
+use refbench_cdn::cache::{Role, TierConfig, TierPlan};
+use refbench_cdn::origin::{Injection, OriginConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Bounds hangs on a shared 2-core host; never a speed measurement.
 const PROMPT: Duration = Duration::from_secs(5);
 
-/// Every request names this host (unless a test says otherwise).
-const HOST: &str = "cdn.test";
+mod common;
 
-struct Origin {
-    started: origin::Started,
-    _trigger: ShutdownTrigger,
-}
-
-impl Origin {
-    fn url(&self) -> String {
-        format!("http://{}", self.started.http_addr)
-    }
-    fn fetches(&self, key: &str) -> u64 {
-        self.started.app.fetches().get(key).fetches
-    }
-    fn total_fetches(&self) -> u64 {
-        self.started.app.fetches().total()
-    }
-    fn inject(&self, list: Vec<Injection>) {
-        self.started.app.set_injections(list).unwrap();
-    }
-    fn expected(&self, target: &str) -> Bytes {
-        let version = self.started.app.version(target);
-        origin::expected_body(
-            self.started.app.config(),
-            target,
-            &HeaderMap::new(),
-            version,
-        )
-    }
-}
+use common::{Got, HOST, Origin, read, start_tier, start_tier_with};
 
 async fn start_origin() -> Origin {
-    let (trigger, shutdown) = shutdown::channel();
-    let cfg = OriginConfig::default().resolve().unwrap();
-    let started = origin::start(cfg, &OriginPlan::default(), shutdown)
-        .await
-        .unwrap();
-    Origin {
-        started,
-        _trigger: trigger,
-    }
+    common::start_origin(OriginConfig::default()).await
 }
 
-struct Tier {
-    started: cache::Started,
-    _trigger: ShutdownTrigger,
-}
-
-impl Tier {
-    fn http(&self) -> SocketAddr {
-        self.started.http_addr
-    }
-    fn stored_at(&self, host: &str, path: &str) -> bool {
-        self.started
-            .app
-            .store()
-            .contains(CacheKey::new(host, path).hash)
-    }
-    fn stored(&self, path: &str) -> bool {
-        self.stored_at(HOST, path)
-    }
-}
-
+/// An edge with room for the slow-reader test's 8 MiB object.
 fn tier_config(upstream: String) -> TierConfig {
     TierConfig {
-        role: Role::Edge,
-        upstreams: vec![upstream],
-        memory_bytes: 64 * 1024 * 1024,
-        shards: 4,
         max_object_bytes: 12 * 1024 * 1024,
-        upstream_read_timeout_ms: 2_000,
-        ..TierConfig::default()
-    }
-}
-
-async fn start_tier(cfg: TierConfig) -> Tier {
-    start_tier_with(cfg, TierPlan::default()).await
-}
-
-async fn start_tier_with(cfg: TierConfig, plan: TierPlan) -> Tier {
-    let (trigger, shutdown) = shutdown::channel();
-    let started = cache::start(cfg.resolve().unwrap(), &plan, shutdown)
-        .await
-        .unwrap();
-    Tier {
-        started,
-        _trigger: trigger,
-    }
-}
-
-#[derive(Debug)]
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    /// The edge's `Cache-Status` member.
-    fn cache_status(&self) -> &str {
-        self.headers
-            .get("cache-status")
-            .unwrap_or_else(|| panic!("no cache-status in {:?}", self.headers))
-            .to_str()
-            .unwrap()
-    }
-    fn hit(&self) -> bool {
-        self.cache_status().starts_with("refbench-edge; hit")
+        ..common::tier_config(Role::Edge, vec![upstream])
     }
 }
 
 /// One GET on a fresh HTTP/1.1 connection, naming `host`.
 async fn get_at(addr: SocketAddr, host: &str, target: &str) -> Got {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let r = common::send(addr, Method::GET, target, host, &[], Bytes::new())
         .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(Method::GET)
-        .uri(target)
-        .header("host", host)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let r = tokio::time::timeout(PROMPT, tx.send_request(req))
-        .await
-        .expect("response head in time")
         .expect("response");
-    let status = r.status();
-    let headers = r.headers().clone();
-    let body = tokio::time::timeout(PROMPT, r.into_body().collect())
-        .await
-        .expect("body in time")
-        .expect("whole body")
-        .to_bytes();
-    Got {
-        status,
-        headers,
-        body,
-    }
+    read(r).await
 }
 
 async fn get(addr: SocketAddr, target: &str) -> Got {
@@ -417,7 +297,7 @@ async fn malformed_requests_get_a_4xx_or_a_close_and_fetch_nothing() {
     assert!(!miss.hit(), "{}", miss.cache_status());
     let hit = get(edge.http(), target).await;
     assert!(hit.hit(), "{}", hit.cache_status());
-    assert_eq!(hit.body, o.expected(target));
+    assert_eq!(hit.body, o.expected(target, &HeaderMap::new()));
     assert_eq!(miss.body, hit.body);
     assert_eq!(o.total_fetches(), fetches_before + 1);
 }
@@ -666,7 +546,7 @@ async fn a_slow_reader_does_not_hold_back_the_others_on_the_same_cold_object() {
     // receive buffer shrunk below), so the server really has to wait on this one client.
     let size = 8 * 1024 * 1024;
     let target = format!("/static/big?size={size}");
-    let expected = o.expected(&target);
+    let expected = o.expected(&target, &HeaderMap::new());
     assert_eq!(expected.len(), size);
 
     let socket = TcpSocket::new_v4().unwrap();
@@ -779,7 +659,7 @@ async fn connections_over_the_limit_wait_and_are_served_once_others_close() {
     plan.limits.max_connections = limit;
     let edge = start_tier_with(tier_config(o.url()), plan).await;
     let target = "/static/limit?size=20000";
-    let expected = o.expected(target);
+    let expected = o.expected(target, &HeaderMap::new());
 
     // Hold every connection slot with an idle keep-alive connection that was served once.
     let mut holders = Vec::new();

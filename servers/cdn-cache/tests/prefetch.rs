@@ -8,78 +8,25 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use refbench_cdn::cache::{self, CacheKey, Role, TierConfig, TierPlan};
-use refbench_cdn::origin::{self, OriginConfig, OriginPlan};
-use refbench_common::shutdown::{self, ShutdownTrigger};
+use refbench_cdn::cache::{self, Role, TierConfig};
+use refbench_cdn::origin::OriginConfig;
 use serde_json::Value;
-use tokio::net::TcpStream;
 
-/// Bounds hangs on a shared 2-core host; never a speed measurement.
-const PROMPT: Duration = Duration::from_secs(10);
+mod common;
 
-/// Every request names this host, so the tier's keys do not depend on its port.
-const HOST: &str = "cdn.test";
+use common::{Got, HOST, Origin, PROMPT, Tier, read, start_tier, tier_config};
 
 /// The edge's `Cache-Status` member name.
 const EDGE: &str = "refbench-edge";
 
-struct Origin {
-    started: origin::Started,
-    _trigger: ShutdownTrigger,
-}
-
-impl Origin {
-    fn url(&self) -> String {
-        format!("http://{}", self.started.http_addr)
-    }
-    fn fetches(&self, key: &str) -> u64 {
-        self.started.app.fetches().get(key).fetches
-    }
-    fn expected(&self, target: &str) -> Bytes {
-        let version = self.started.app.version(target);
-        origin::expected_body(
-            self.started.app.config(),
-            target,
-            &HeaderMap::new(),
-            version,
-        )
-    }
-}
-
 async fn start_origin() -> Origin {
-    let (trigger, shutdown) = shutdown::channel();
-    let cfg = OriginConfig::default().resolve().unwrap();
-    let started = origin::start(cfg, &OriginPlan::default(), shutdown)
-        .await
-        .unwrap();
-    Origin {
-        started,
-        _trigger: trigger,
-    }
-}
-
-struct Tier {
-    started: cache::Started,
-    _trigger: ShutdownTrigger,
+    common::start_origin(OriginConfig::default()).await
 }
 
 impl Tier {
-    fn http(&self) -> SocketAddr {
-        self.started.http_addr
-    }
-    fn admin(&self) -> SocketAddr {
-        self.started.admin_addr
-    }
-    fn stored(&self, path: &str) -> bool {
-        self.started
-            .app
-            .store()
-            .contains(CacheKey::new(HOST, path).hash)
-    }
     /// Waits (polling, bounded by [`PROMPT`]) until no prefetch and no fetch is running.
     async fn settle(&self) {
         let app = &self.started.app;
@@ -97,25 +44,8 @@ impl Tier {
 /// An edge straight in front of `origin` with `k` segments of prefetch.
 fn edge_config(origin: &Origin, k: usize) -> TierConfig {
     TierConfig {
-        role: Role::Edge,
-        upstreams: vec![origin.url()],
-        memory_bytes: 64 * 1024 * 1024,
-        shards: 4,
-        max_object_bytes: 4 * 1024 * 1024,
-        upstream_read_timeout_ms: 2_000,
         prefetch_segments: k,
-        ..TierConfig::default()
-    }
-}
-
-async fn start_tier(cfg: TierConfig) -> Tier {
-    let (trigger, shutdown) = shutdown::channel();
-    let started = cache::start(cfg.resolve().unwrap(), &TierPlan::default(), shutdown)
-        .await
-        .unwrap();
-    Tier {
-        started,
-        _trigger: trigger,
+        ..tier_config(Role::Edge, vec![origin.url()])
     }
 }
 
@@ -134,61 +64,13 @@ async fn send(
     target: &str,
     body: Bytes,
 ) -> hyper::Response<Incoming> {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    common::send(addr, method, target, HOST, &[], body)
         .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(target)
-        .header("host", HOST)
-        .body(Full::new(body))
-        .unwrap();
-    tokio::time::timeout(PROMPT, tx.send_request(req))
-        .await
-        .expect("response head in time")
         .expect("response")
 }
 
-#[derive(Debug)]
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    /// The edge's own `Cache-Status` member.
-    fn cache_status(&self) -> String {
-        let v = self
-            .headers
-            .get("cache-status")
-            .unwrap_or_else(|| panic!("no cache-status in {:?}", self.headers))
-            .to_str()
-            .unwrap();
-        v.split(", ")
-            .filter(|m| m.starts_with(EDGE))
-            .last()
-            .unwrap_or_else(|| panic!("no {EDGE} member in {v:?}"))
-            .to_string()
-    }
-}
-
 async fn get(addr: SocketAddr, target: &str) -> Got {
-    let r = send(addr, Method::GET, target, Bytes::new()).await;
-    let status = r.status();
-    let headers = r.headers().clone();
-    let body = tokio::time::timeout(PROMPT, r.into_body().collect())
-        .await
-        .expect("body in time")
-        .expect("whole body")
-        .to_bytes();
-    Got {
-        status,
-        headers,
-        body,
-    }
+    read(send(addr, Method::GET, target, Bytes::new()).await).await
 }
 
 async fn admin(addr: SocketAddr, method: Method, target: &str, body: Bytes) -> Value {
@@ -216,8 +98,8 @@ async fn sequential_segments_hit_after_the_first_miss_and_are_fetched_once() {
         let target = seg("seq", n);
         let got = get(edge.http(), &target).await;
         assert_eq!(got.status, StatusCode::OK, "{target}");
-        assert_eq!(got.body, o.expected(&target), "{target}");
-        let st = got.cache_status();
+        assert_eq!(got.body, o.expected(&target, &HeaderMap::new()), "{target}");
+        let st = got.status_of(EDGE);
         if n == 0 {
             assert!(st.contains("fwd=uri-miss") && st.contains("stored"), "{st}");
         } else {
@@ -248,7 +130,7 @@ async fn sequential_segments_hit_after_the_first_miss_and_are_fetched_once() {
 
     // A second hit on a used object is not counted again.
     let again = get(edge.http(), &seg("seq", 5)).await;
-    assert!(again.cache_status().contains("hit"));
+    assert!(again.status_of(EDGE).contains("hit"));
     edge.settle().await;
     assert_eq!(
         edge.started
@@ -279,7 +161,7 @@ async fn a_prefetch_past_the_last_segment_counts_failed_and_stores_nothing() {
     // A client asking for the missing segment goes upstream as for any miss and gets the origin's 404.
     let missing = get(edge.http(), &seg("end", 100)).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
-    let st = missing.cache_status();
+    let st = missing.status_of(EDGE);
     assert!(st.contains("fwd=uri-miss") && !st.contains("hit"), "{st}");
 }
 
@@ -296,7 +178,7 @@ async fn prefetch_is_off_by_default() {
     for n in 0..5 {
         let got = get(edge.http(), &seg("off", n)).await;
         assert_eq!(got.status, StatusCode::OK);
-        let st = got.cache_status();
+        let st = got.status_of(EDGE);
         assert!(st.contains("fwd=uri-miss"), "seg-{n}: {st}");
         edge.settle().await;
     }
@@ -334,8 +216,8 @@ async fn a_request_for_a_segment_being_prefetched_joins_that_fetch() {
     let target = seg("join", 1);
     let joined = get(edge.http(), &target).await;
     assert_eq!(joined.status, StatusCode::OK);
-    assert_eq!(joined.body, o.expected(&target));
-    let st = joined.cache_status();
+    assert_eq!(joined.body, o.expected(&target, &HeaderMap::new()));
+    let st = joined.status_of(EDGE);
     assert!(
         st.contains("collapsed") && st.contains("detail=prefetch"),
         "{st}"
@@ -348,7 +230,7 @@ async fn a_request_for_a_segment_being_prefetched_joins_that_fetch() {
 
     // Later reads of seg-1 are plain hits, and the prefetch is not counted as used twice.
     let hit = get(edge.http(), &target).await;
-    assert!(hit.cache_status().contains("hit"), "{:?}", hit.headers);
+    assert!(hit.status_of(EDGE).contains("hit"), "{:?}", hit.headers);
     edge.settle().await;
     assert_eq!(o.fetches(&target), 1);
     assert_eq!(count(&edge.prefetch_stats().await, "used"), 1);
@@ -380,7 +262,7 @@ async fn unused_prefetches_evicted_from_a_small_memory_tier_lower_the_precision(
         .find(|t| edge.stored(t))
         .expect("some prefetched segment is still in memory");
     let hit = get(edge.http(), &resident).await;
-    let st = hit.cache_status();
+    let st = hit.status_of(EDGE);
     assert!(st.contains("hit") && st.contains("detail=prefetch"), "{st}");
     edge.settle().await;
 
