@@ -203,6 +203,17 @@ pub enum CdnWorkload {
     },
 }
 
+impl CdnWorkload {
+    /// The name a profile gives it (`workload = "..."`), also used in results.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CdnWorkload::Zipf { .. } => "zipf",
+            CdnWorkload::Video { .. } => "video",
+            CdnWorkload::Storm { .. } => "storm",
+        }
+    }
+}
+
 /// A validated `[phases.cdn]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CdnPlan {
@@ -601,11 +612,7 @@ pub fn ledger_request() -> RequestPlan {
 
 /// The request a CDN phase sends, as shown in the plan (paths are generated per send).
 pub fn cdn_request(c: &CdnPlan) -> RequestPlan {
-    let kind = match c.workload {
-        CdnWorkload::Zipf { .. } => "zipf",
-        CdnWorkload::Video { .. } => "video",
-        CdnWorkload::Storm { .. } => "storm",
-    };
+    let kind = c.workload.name();
     RequestPlan {
         name: format!("GET {} ({kind})", c.path_prefix),
         method: "GET".into(),

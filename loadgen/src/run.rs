@@ -1340,12 +1340,7 @@ fn cdn_finish(
     let with_status = totals.with_cache_status > 0;
     let offload = |fetched: u64, all: u64| cdnmod::ratio(fetched, all).map(|r| 1.0 - r);
     let result = CdnResult {
-        workload: match c.workload {
-            CdnWorkload::Zipf { .. } => "zipf",
-            CdnWorkload::Video { .. } => "video",
-            CdnWorkload::Storm { .. } => "storm",
-        }
-        .into(),
+        workload: c.workload.name().into(),
         responses: totals.responses,
         with_cache_status: totals.with_cache_status,
         edge_hits: totals.edge_hits,
