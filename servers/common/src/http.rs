@@ -113,8 +113,8 @@ where
 }
 
 pub(crate) struct ConnMetrics {
-    active: metrics::Gauge,
-    total: metrics::Counter,
+    pub(crate) active: metrics::Gauge,
+    pub(crate) total: metrics::Counter,
 }
 
 /// The accept loop; `metrics` is `None` for the admin listener so scrapes do
@@ -216,13 +216,13 @@ where
 
 /// Per-connection bookkeeping released when the connection task ends, even
 /// when it is aborted.
-struct ConnGuard {
+pub(crate) struct ConnGuard {
     active: Option<metrics::Gauge>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl ConnGuard {
-    fn new(metrics: Option<&ConnMetrics>, permit: OwnedSemaphorePermit) -> Self {
+    pub(crate) fn new(metrics: Option<&ConnMetrics>, permit: OwnedSemaphorePermit) -> Self {
         let active = metrics.map(|m| {
             m.total.increment(1);
             m.active.increment(1.0);
@@ -262,7 +262,7 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// silent would hold a connection permit until shutdown. Returns false on
 /// timeout, EOF or error. Costs one `recv(MSG_PEEK)` per connection; the timer
 /// is only armed if no data has arrived yet.
-async fn first_byte(stream: &TcpStream, timeout: Duration) -> bool {
+pub(crate) async fn first_byte(stream: &TcpStream, timeout: Duration) -> bool {
     let mut probe = [0u8; 1];
     matches!(
         tokio::time::timeout(timeout, stream.peek(&mut probe)).await,
@@ -272,7 +272,10 @@ async fn first_byte(stream: &TcpStream, timeout: Duration) -> bool {
 
 /// Classifies an accept error: Ok(()) to retry (after a backoff when the
 /// process is out of resources), Err for a broken listener.
-async fn accept_error(e: io::Error, local: Option<SocketAddr>) -> Result<(), CommonError> {
+pub(crate) async fn accept_error(
+    e: io::Error,
+    local: Option<SocketAddr>,
+) -> Result<(), CommonError> {
     match e.kind() {
         // The client gave up between SYN and accept: not our problem.
         io::ErrorKind::ConnectionAborted

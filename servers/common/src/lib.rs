@@ -12,6 +12,7 @@
 //! - [`bind`]: TCP binding with errors that name the address.
 //! - [`admin`]: `/metrics` (Prometheus) and `/healthz`.
 //! - [`http`]: the HTTP/1.1 + HTTP/2 (h2c) accept loop with limits and graceful drain.
+//! - [`h1`]: a lean HTTP/1.1 accept loop with a fast path answered from the request head (h2c handed to hyper).
 //! - [`tls`]: self-signed certificates for TLS-speaking servers.
 //! - [`cpu`]: CPU affinity and timer slack.
 //! - [`timer`]: sub-millisecond sleeps from any runtime (a shared timer thread).
@@ -23,6 +24,7 @@ pub mod announce;
 pub mod bind;
 pub mod cpu;
 pub mod error;
+pub mod h1;
 pub mod http;
 pub mod pacer;
 pub mod runtime;

@@ -30,6 +30,7 @@ use http::{
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::Service;
+use refbench_common::h1::{self, FastPath};
 use refbench_common::shutdown::Shutdown;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -38,7 +39,7 @@ use tokio::time::Sleep;
 use super::ResolvedTier;
 use super::coalesce::{Coalescer, Head, Inflight, Joined, Msg};
 use super::error::FetchError;
-use super::key::{CacheKey, VaryKind, VarySpec, variant_hash};
+use super::key::{CacheKey, VaryKind, VarySpec, hash_parts, variant_hash};
 use super::policy::{ReqView, decide, fresh_for_request, plain_request, refresh};
 use super::prefetch::{
     Counts, Outcome, PREFETCH_HEADER, PrefetchMark, Prefetcher, candidate, parse_segment,
@@ -1534,14 +1535,123 @@ async fn fetch(
 pub type CacheFuture =
     Pin<Box<dyn Future<Output = Result<Response<CacheBody>, Infallible>> + Send>>;
 
-impl Service<Request<Incoming>> for CacheApp {
+impl<B> Service<Request<B>> for CacheApp
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     type Response = Response<CacheBody>;
     type Error = Infallible;
     type Future = CacheFuture;
 
-    fn call(&self, req: Request<Incoming>) -> CacheFuture {
+    fn call(&self, req: Request<B>) -> CacheFuture {
         let app = self.clone();
         Box::pin(async move { Ok(app.handle(req).await) })
+    }
+}
+
+/// Request fields that take a request off the fast path: they change what a hit means (credentials, the client's
+/// own cache directives, conditionals, prefetch marking) or how the request is framed (a body).
+const FAST_PATH_REFUSES: [&str; 12] = [
+    "authorization",
+    "cache-control",
+    "pragma",
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "if-range",
+    "x-refbench-prefetch",
+    "content-length",
+    "transfer-encoding",
+    "expect",
+];
+
+/// The hit path without `http::Request`, `HeaderMap` or a task: a plain GET or HEAD (origin-form target, one
+/// valid `Host`, none of [`FAST_PATH_REFUSES`]) for an object stored under its primary key and fresh now is
+/// answered straight into the connection's output. It gives exactly what [`CacheApp::handle`] gives for such a
+/// request (the same headers, `Age`, `Cache-Status`, counters and prefetch accounting); anything else — a miss, a
+/// stale or `Vary` object, a pass marker, a prefetching tier — returns false and goes through `handle`.
+impl FastPath for CacheApp {
+    fn answer(&self, head: &h1::Head<'_>, out: &mut h1::Out) -> bool {
+        let head_only = match head.method {
+            "GET" => false,
+            "HEAD" => true,
+            _ => return false,
+        };
+        let core = &*self.core;
+        // A prefetching tier acts on GETs of segments; that stays in one place (`handle`).
+        if !head.target.starts_with('/') || core.prefetch.enabled() {
+            return false;
+        }
+        let mut host: Option<&[u8]> = None;
+        for h in head.headers {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"host") {
+                if host.is_some() {
+                    return false;
+                }
+                host = Some(h.value);
+            } else if FAST_PATH_REFUSES
+                .iter()
+                .any(|r| name.eq_ignore_ascii_case(r.as_bytes()))
+            {
+                return false;
+            }
+        }
+        let Some(host) = host else {
+            return false;
+        };
+        if host.is_empty() || !plain_host(host) {
+            return false;
+        }
+        // The primary key's text, as `CacheKey::new` builds it (lowercase host, then the target as sent: a target
+        // `http::Uri` would normalise differently hashes differently, misses here, and goes through `handle`).
+        let text = &mut out.scratch;
+        text.clear();
+        text.extend(host.iter().map(u8::to_ascii_lowercase));
+        text.extend_from_slice(head.target.as_bytes());
+        let hash = hash_parts(&[text.as_slice()]);
+        let now = Instant::now();
+        let Some(Stored::Object(e)) = core.store.get(hash) else {
+            return false;
+        };
+        if e.variant || !e.freshness.is_fresh(now) {
+            return false;
+        }
+        core.metrics.hit.increment(1);
+        let prefetched = e.prefetch.as_ref().is_some_and(|m| {
+            if m.claim() {
+                core.prefetch.counts.count(Outcome::Used);
+            }
+            true
+        });
+        let status = Status {
+            detail: prefetched.then_some("prefetch"),
+            ..Status::hit(ttl_secs(&e, now))
+        };
+        out.status_line(e.status);
+        for (n, v) in &e.headers {
+            if n != CACHE_STATUS && n != AGE {
+                out.header(n.as_str().as_bytes(), v.as_bytes());
+            }
+        }
+        if !e.headers.contains_key(DATE) {
+            out.date();
+        }
+        out.header_u64(b"age", e.freshness.age_secs(now));
+        let buf = out.buf();
+        buf.extend_from_slice(b"cache-status: ");
+        status.write_to(&core.cfg.name, e.headers.get(CACHE_STATUS), buf);
+        buf.extend_from_slice(b"\r\n");
+        out.end_head(head.keep_alive, head.version);
+        if !head_only {
+            core.metrics.bytes_served.increment(e.body_bytes);
+            for b in &e.body {
+                out.body(b.clone());
+            }
+        }
+        true
     }
 }
 

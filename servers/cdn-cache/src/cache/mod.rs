@@ -65,6 +65,7 @@ use refbench_common::admin::{UPKEEP_INTERVAL, metrics_handle};
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
 use refbench_common::cpu::{pin_to_cpus, validate_process_flags};
+use refbench_common::h1::serve_h1;
 use refbench_common::http::{Limits, serve_http};
 use refbench_common::shutdown::{self, Shutdown};
 use tokio::task::JoinHandle;
@@ -855,7 +856,7 @@ pub async fn start_with_lower_tier(
     let tier = app_with_lower_tier(cfg, lower);
     // Prefetch tasks stop when the tier does, not when their fetch would have ended.
     tier.core.prefetch.bind_shutdown(shutdown.clone());
-    let http = tokio::spawn(serve_http(
+    let http = tokio::spawn(serve_h1(
         http,
         tier.clone(),
         plan.limits.clone(),

@@ -81,43 +81,63 @@ impl Status {
     /// Renders `name; params`, appended to `upstream` (the value received from upstream), if any.
     pub fn render(&self, name: &str, upstream: Option<&HeaderValue>) -> HeaderValue {
         let mut s = String::with_capacity(96);
+        self.write_to(name, upstream, &mut s);
+        // Every part is a token or an integer; a bad upstream value was only copied if it was valid already.
+        HeaderValue::from_str(&s)
+            .unwrap_or_else(|_| HeaderValue::from_static("refbench; detail=bad-status"))
+    }
+
+    /// Writes what [`Status::render`] returns into `w` (the hit fast path writes it straight into the response
+    /// head). An upstream value that is not visible ASCII is left out rather than copied.
+    pub fn write_to<W: std::fmt::Write>(
+        &self,
+        name: &str,
+        upstream: Option<&HeaderValue>,
+        w: &mut W,
+    ) {
+        // Writing to a String or BytesMut cannot fail.
+        let _ = self.write_fmt(name, upstream, w);
+    }
+
+    fn write_fmt<W: std::fmt::Write>(
+        &self,
+        name: &str,
+        upstream: Option<&HeaderValue>,
+        w: &mut W,
+    ) -> std::fmt::Result {
         if let Some(up) = upstream.and_then(|v| v.to_str().ok())
             && !up.trim().is_empty()
         {
-            s.push_str(up.trim());
-            s.push_str(", ");
+            w.write_str(up.trim())?;
+            w.write_str(", ")?;
         }
-        s.push_str(name);
+        w.write_str(name)?;
         if self.hit {
-            s.push_str("; hit");
+            w.write_str("; hit")?;
         }
         if let Some(f) = self.fwd {
-            s.push_str("; fwd=");
-            s.push_str(f.token());
+            w.write_str("; fwd=")?;
+            w.write_str(f.token())?;
         }
         if let Some(code) = self.fwd_status {
-            s.push_str("; fwd-status=");
-            s.push_str(&code.to_string());
+            write!(w, "; fwd-status={code}")?;
         }
         if self.stored {
-            s.push_str("; stored");
+            w.write_str("; stored")?;
         }
         if self.collapsed {
-            s.push_str("; collapsed");
+            w.write_str("; collapsed")?;
         }
         if let Some(t) = self.ttl {
-            s.push_str("; ttl=");
-            s.push_str(&t.to_string());
+            write!(w, "; ttl={t}")?;
         }
         if let Some(d) = self.detail
             && !d.is_empty()
         {
-            s.push_str("; detail=");
-            s.push_str(d);
+            w.write_str("; detail=")?;
+            w.write_str(d)?;
         }
-        // Every part is a token or an integer; a bad upstream value was only copied if it was valid already.
-        HeaderValue::from_str(&s)
-            .unwrap_or_else(|_| HeaderValue::from_static("refbench; detail=bad-status"))
+        Ok(())
     }
 }
 
