@@ -10,7 +10,8 @@
 //!
 //! What stays the same as [`crate::http::serve_http`]: the connection limit (a semaphore, the kernel backlog holds
 //! the rest), the first-byte and header-read timeouts (a head must be complete within `header_read_timeout` of the
-//! wait for it starting, which also closes idle keep-alive connections), the head size limit (431), cleartext
+//! wait for it starting, give or take an eighth of it and at most a second, so the timer is re-armed rarely;
+//! this also closes idle keep-alive connections), the head size limit (431), cleartext
 //! HTTP/2 with prior knowledge (the preface is recognised and the connection handed to hyper's HTTP/2 server), and
 //! the drain on shutdown (idle connections close at once, busy ones after their response, all within
 //! `drain_timeout`).

@@ -1306,6 +1306,7 @@ async fn fetch(
                     directives: r.directives,
                     freshness: r.freshness,
                     prefetch: None,
+                    wire_head: std::sync::OnceLock::new(),
                 });
                 let stored = match core.store.insert(
                     hash,
@@ -1496,6 +1497,7 @@ async fn fetch(
             directives: d.directives,
             freshness: d.freshness,
             prefetch: inflight.mark.clone(),
+            wire_head: std::sync::OnceLock::new(),
         });
         match core.store.insert(
             store_hash,
@@ -1568,7 +1570,7 @@ const FAST_PATH_REFUSES: [&str; 12] = [
 ];
 
 /// The hit path without `http::Request`, `HeaderMap` or a task: a plain GET or HEAD (origin-form target, one
-/// valid `Host`, none of [`FAST_PATH_REFUSES`]) for an object stored under its primary key and fresh now is
+/// valid `Host`, none of the fields in `FAST_PATH_REFUSES`) for an object stored under its primary key and fresh now is
 /// answered straight into the connection's output. It gives exactly what [`CacheApp::handle`] gives for such a
 /// request (the same headers, `Age`, `Cache-Status`, counters and prefetch accounting); anything else — a miss, a
 /// stale or `Vary` object, a pass marker, a prefetching tier — returns false and goes through `handle`.
@@ -1630,13 +1632,9 @@ impl FastPath for CacheApp {
             detail: prefetched.then_some("prefetch"),
             ..Status::hit(ttl_secs(&e, now))
         };
-        out.status_line(e.status);
-        for (n, v) in &e.headers {
-            if n != CACHE_STATUS && n != AGE {
-                out.header(n.as_str().as_bytes(), v.as_bytes());
-            }
-        }
-        if !e.headers.contains_key(DATE) {
+        let wire = e.wire_head();
+        out.buf().extend_from_slice(&wire.bytes);
+        if !wire.has_date {
             out.date();
         }
         out.header_u64(b"age", e.freshness.age_secs(now));

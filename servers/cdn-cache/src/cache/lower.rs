@@ -213,6 +213,7 @@ pub(crate) fn decode(
         },
         // A prefetch mark does not survive the trip down: see `cache::prefetch`.
         prefetch: None,
+        wire_head: std::sync::OnceLock::new(),
     })
 }
 
@@ -312,6 +313,7 @@ mod tests {
             directives: d.directives,
             freshness: d.freshness,
             prefetch: None,
+            wire_head: std::sync::OnceLock::new(),
         };
         let hash = hash_parts(&[key.as_bytes()]);
         let meta = encode_meta(&e, now, wall).unwrap();

@@ -40,7 +40,11 @@
 //! it requests go upstream uncoalesced), waits (`coalesce_timeout_ms`, then 504), upstream connect / head / idle
 //! body timeouts, request bodies forwarded for unsafe methods (`max_request_body_bytes`), prefetches
 //! (`prefetch_segments` ≤ [`MAX_PREFETCH_SEGMENTS`] per request, `prefetch_max_inflight` at once, beyond it dropped),
-//! and the shared HTTP listener limits (connections, header bytes: oversized heads get 431 from hyper).
+//! and the shared HTTP listener limits (connections, header bytes: oversized heads get 431).
+//!
+//! The data port is served by `refbench_common::h1` (HTTP/1.1 by hand, h2c through hyper): a plain fresh hit is
+//! answered from the request head alone by the tier's `FastPath` impl, everything else goes through
+//! [`CacheApp::handle`].
 
 mod app;
 mod coalesce;
