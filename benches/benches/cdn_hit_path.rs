@@ -12,6 +12,11 @@
 //!   `hot_key` repeats one key; `uniform_100k_keys` draws from 100 000 stored objects; `vary` goes through the
 //!   `Vary: accept-encoding` spec to the `gzip` variant.
 //!
+//! - `cdn_hit/h1_fast_path_*`: what the server runs for a plain hit instead (`refbench_common::h1`): the request
+//!   head parsed in place (httparse) and answered by the tier's `FastPath` into the connection's output buffer —
+//!   key, lookup, freshness, the stored header block, `Age`, `Cache-Status`, the 1 KiB body copied. Parsing is
+//!   inside the timed part; writing to the socket is not.
+//!
 //! Requests are built outside the timed part (in chunks, so memory stays bounded), as hyper has built them by the
 //! time the tier sees them. The fill happens once, before the first bench, and takes a few seconds.
 
@@ -29,6 +34,7 @@ use refbench_cdn::cache::{
     self, CACHE_STATUS, CacheApp, CacheKey, Role, Stored, TierConfig, TierPlan,
 };
 use refbench_cdn::origin::{self, OriginConfig, OriginPlan, Rule, SizeDist, default_rules};
+use refbench_common::h1::{FastPath, Head, Out};
 use refbench_common::shutdown::{self, ShutdownTrigger};
 use tokio::runtime::Runtime;
 
@@ -219,6 +225,22 @@ impl Setup {
     }
 }
 
+/// Parses `bytes` as the server does (httparse, in place) and offers the head to the tier's fast path.
+fn answer_fast(app: &CacheApp, bytes: &[u8], out: &mut Out) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut req = httparse::Request::new(&mut headers);
+    let parsed = req.parse(bytes).expect("a valid head");
+    debug_assert!(parsed.is_complete());
+    let head = Head {
+        method: req.method.expect("method"),
+        target: req.path.expect("target"),
+        version: http::Version::HTTP_11,
+        headers: req.headers,
+        keep_alive: true,
+    };
+    app.answer(&head, out)
+}
+
 /// `DRAWS` indices uniform in `0..n`, fixed seed.
 fn draws(n: usize) -> Vec<usize> {
     let mut rng = SmallRng::seed_from_u64(0x00c0_ffee);
@@ -287,6 +309,46 @@ fn cdn(c: &mut Criterion) {
             s.time_hits(iters, &mut |i| {
                 s.request(&uris[order[i as usize % DRAWS]], None)
             })
+        })
+    });
+    // The fast path the server runs for these hits: the parsed head straight to wire bytes (status line, stored
+    // header block, `Age`, `Cache-Status`, body copied into the output buffer as it is below 4 KiB).
+    let fast_hit = |target: &str| -> Vec<u8> {
+        format!("GET {target} HTTP/1.1\r\nHost: {HOST_NAME}\r\nUser-Agent: refbench\r\n\r\n")
+            .into_bytes()
+    };
+    let hot_head = fast_hit("/static/hot");
+    let uniform_heads: Vec<Vec<u8>> = (0..largest).map(|i| fast_hit(&static_path(i))).collect();
+    let mut out = Out::default();
+    assert!(
+        answer_fast(&s.app, &hot_head, &mut out),
+        "/static/hot is answered on the fast path"
+    );
+    assert!(out.len() > OBJECT_BYTES, "a whole response was written");
+    out.clear();
+    g.bench_function("h1_fast_path_hit_1kb_hot_key", |b| {
+        b.iter_custom(|iters| {
+            let started = Instant::now();
+            for _ in 0..iters {
+                let answered = answer_fast(&s.app, &hot_head, &mut out);
+                debug_assert!(answered);
+                black_box(out.len());
+                out.clear();
+            }
+            started.elapsed()
+        })
+    });
+    g.bench_function("h1_fast_path_hit_1kb_uniform_100k_keys", |b| {
+        b.iter_custom(|iters| {
+            let started = Instant::now();
+            for i in 0..iters {
+                let head = &uniform_heads[order[i as usize % DRAWS]];
+                let answered = answer_fast(&s.app, head, &mut out);
+                debug_assert!(answered);
+                black_box(out.len());
+                out.clear();
+            }
+            started.elapsed()
         })
     });
     g.finish();

@@ -157,6 +157,15 @@ impl Out {
         self.header(name, digits.as_bytes());
     }
 
+    /// Appends a signed decimal number (no allocation, no formatter).
+    pub fn push_i64(&mut self, v: i64) {
+        if v < 0 {
+            self.buf.extend_from_slice(b"-");
+        }
+        self.buf
+            .extend_from_slice(itoa_buf(v.unsigned_abs()).as_bytes());
+    }
+
     /// Appends every field of `headers`.
     pub fn headers(&mut self, headers: &HeaderMap) {
         for (n, v) in headers {
@@ -182,6 +191,13 @@ impl Out {
             self.buf.extend_from_slice(b"connection: keep-alive\r\n");
         }
         self.buf.extend_from_slice(b"\r\n");
+    }
+
+    /// Drops everything pending (benches reuse one `Out`).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.segs.clear();
+        self.segs_bytes = 0;
     }
 
     /// Bytes waiting to be written.

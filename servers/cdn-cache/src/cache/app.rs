@@ -1628,20 +1628,20 @@ impl FastPath for CacheApp {
             }
             true
         });
-        let status = Status {
-            detail: prefetched.then_some("prefetch"),
-            ..Status::hit(ttl_secs(&e, now))
-        };
-        let wire = e.wire_head();
+        // What `serve_entry` + `finish` send for this hit: the stored fields, `Age`, then `Cache-Status` (the same
+        // member `Status::hit(ttl)` renders, with `detail=prefetch` for a prefetched object).
+        let wire = e.wire_head(&core.cfg.name);
         out.buf().extend_from_slice(&wire.bytes);
         if !wire.has_date {
             out.date();
         }
         out.header_u64(b"age", e.freshness.age_secs(now));
-        let buf = out.buf();
-        buf.extend_from_slice(b"cache-status: ");
-        status.write_to(&core.cfg.name, e.headers.get(CACHE_STATUS), buf);
-        buf.extend_from_slice(b"\r\n");
+        out.buf().extend_from_slice(&wire.hit_status_prefix);
+        out.push_i64(ttl_secs(&e, now));
+        if prefetched {
+            out.buf().extend_from_slice(b"; detail=prefetch");
+        }
+        out.buf().extend_from_slice(b"\r\n");
         out.end_head(head.keep_alive, head.version);
         if !head_only {
             core.metrics.bytes_served.increment(e.body_bytes);

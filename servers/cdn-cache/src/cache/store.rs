@@ -72,11 +72,14 @@ pub struct WireHead {
     pub bytes: Bytes,
     /// Whether the stored fields include `Date` (else each response gets the current one).
     pub has_date: bool,
+    /// `cache-status: ` and this tier's hit member up to its `ttl=` value (with the upstream's members first), the
+    /// part of `Cache-Status` that is the same for every hit on this object.
+    pub hit_status_prefix: Bytes,
 }
 
 impl Entry {
-    /// [`Entry::wire_head`], built if needed.
-    pub fn wire_head(&self) -> &WireHead {
+    /// [`Entry::wire_head`], built if needed; `tier` is the name in this tier's `Cache-Status` member.
+    pub fn wire_head(&self, tier: &str) -> &WireHead {
         self.wire_head.get_or_init(|| {
             let mut b = Vec::with_capacity(64 + self.headers.len() * 48);
             b.extend_from_slice(b"HTTP/1.1 ");
@@ -97,9 +100,21 @@ impl Entry {
                     b.extend_from_slice(b"\r\n");
                 }
             }
+            let mut prefix = String::from("cache-status: ");
+            let hit = super::status::Status {
+                hit: true,
+                ..super::status::Status::default()
+            };
+            hit.write_to(
+                tier,
+                self.headers.get(super::status::CACHE_STATUS),
+                &mut prefix,
+            );
+            prefix.push_str("; ttl=");
             WireHead {
                 bytes: Bytes::from(b),
                 has_date: self.headers.contains_key(http::header::DATE),
+                hit_status_prefix: Bytes::from(prefix),
             }
         })
     }
