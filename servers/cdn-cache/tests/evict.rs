@@ -354,3 +354,39 @@ fn on_a_small_zipf_trace_both_modern_policies_beat_lru() {
         );
     }
 }
+
+#[test]
+fn an_expected_object_outlives_the_small_queue_churn_until_it_is_used() {
+    // 100 objects of 1 KiB fit; the small queue holds ~10 of them. A prefetch (expected) and a plain insert of the
+    // same size, then 30 one-off objects: the plain one is pushed out of the small queue, the expected one moves to
+    // the main queue and is still there for its first use.
+    let config = CacheConfig {
+        capacity_bytes: 100 << 10,
+        max_object_share: 0.25,
+    };
+    let mut cache = S3Fifo::<u64>::new(config);
+    // Fill the main queue first (objects read twice while in the small queue are promoted), so that eviction runs.
+    for k in 1_000..1_090 {
+        assert!(cache.insert(k, k, 1 << 10).stored());
+        cache.get(k);
+    }
+    assert!(cache.insert_expected(1, 1, 1 << 10).stored());
+    assert!(cache.insert(2, 2, 1 << 10).stored());
+    for k in 10..40 {
+        assert!(cache.insert(k, k, 1 << 10).stored());
+    }
+    assert!(
+        cache.peek(2).is_none(),
+        "a plain one-off is evicted from the small queue"
+    );
+    assert_eq!(
+        cache.get(1),
+        Some(&1),
+        "the expected object survived to its first use"
+    );
+
+    // The default for policies without an admission filter is a plain insert.
+    let mut lru = Lru::<u64>::new(config);
+    assert!(lru.insert_expected(7, 7, 1 << 10).stored());
+    assert_eq!(lru.get(7), Some(&7));
+}

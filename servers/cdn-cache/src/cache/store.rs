@@ -360,7 +360,13 @@ impl Store {
                 }
             }
             let primary = value.primary_text().is_some();
-            let evicted = self.mem.insert(hash, value, size_bytes);
+            // A prefetched object has not been asked for yet, but is expected to be: see `Policy::insert_expected`.
+            let expected = matches!(&value, Stored::Object(e) if e.prefetch.is_some());
+            let evicted = if expected {
+                self.mem.insert_expected(hash, value, size_bytes)
+            } else {
+                self.mem.insert(hash, value, size_bytes)
+            };
             for e in &evicted.entries {
                 if let Some(text) = e.value.primary_text() {
                     index.keys.remove(text);

@@ -127,6 +127,18 @@ pub trait Policy {
     /// Stores `value` under `key` with the given size, evicting as needed; see [`Evicted`] for what comes back.
     fn insert(&mut self, key: u64, value: Self::Value, size_bytes: u64) -> Evicted<Self::Value>;
 
+    /// Stores an object that is expected to be requested soon though nobody has asked for it yet (a prefetch):
+    /// policies with an admission filter count the prediction as one access, so the object is not dropped as a
+    /// one-hit wonder before its first use. By default the same as [`Policy::insert`].
+    fn insert_expected(
+        &mut self,
+        key: u64,
+        value: Self::Value,
+        size_bytes: u64,
+    ) -> Evicted<Self::Value> {
+        self.insert(key, value, size_bytes)
+    }
+
     /// Removes a key (purge) and returns its value.
     fn remove(&mut self, key: u64) -> Option<Self::Value>;
 

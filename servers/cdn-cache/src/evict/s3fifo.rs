@@ -210,6 +210,19 @@ impl<V> Policy for S3Fifo<V> {
         out
     }
 
+    /// Inserts as usual, then gives the object the frequency one access would: when it reaches the small queue's
+    /// tail still unused it moves to the main queue instead of out (it gets the main queue's longer residence to be
+    /// used in), and there it is evicted like any object nobody asked for. Prefetched video segments were evicted
+    /// from the small queue (10 % of memory) before the viewer reached them.
+    fn insert_expected(&mut self, key: u64, value: V, size_bytes: u64) -> Evicted<V> {
+        let out = self.insert(key, value, size_bytes);
+        if let Some(&idx) = self.map.get(&key) {
+            let node = self.slab.node_mut(idx);
+            node.freq = node.freq.max(self.promote_threshold).min(MAX_FREQ);
+        }
+        out
+    }
+
     fn remove(&mut self, key: u64) -> Option<V> {
         let removed = self.remove_entry(key).map(|(value, _)| value);
         self.debug_check();

@@ -100,6 +100,12 @@ impl<P: Policy> Sharded<P> {
         self.lock(self.shard_of(key)).insert(key, value, size_bytes)
     }
 
+    /// Stores a value expected to be requested soon (see [`Policy::insert_expected`]).
+    pub fn insert_expected(&self, key: u64, value: P::Value, size_bytes: u64) -> Evicted<P::Value> {
+        self.lock(self.shard_of(key))
+            .insert_expected(key, value, size_bytes)
+    }
+
     /// Removes a key (purge).
     pub fn remove(&self, key: u64) -> Option<P::Value> {
         self.lock(self.shard_of(key)).remove(key)
