@@ -47,7 +47,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::CommonError;
 use crate::http::{
-    ConnGuard, ConnMetrics, H2_MAX_CONCURRENT_STREAMS, Limits, accept_error, first_byte,
+    Accepted, ConnGuard, ConnMetrics, H2_MAX_CONCURRENT_STREAMS, Limits, accept_next, first_byte,
 };
 use crate::shutdown::Shutdown;
 
@@ -356,29 +356,15 @@ where
     let mut fatal: Option<CommonError> = None;
     loop {
         while tasks.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            biased;
-            () = shutdown.wait() => break,
-            p = Arc::clone(&permits).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+        let (stream, permit) = match accept_next(&listener, &permits, &mut shutdown, local).await {
+            Accepted::Conn(stream, permit) => (stream, permit),
+            Accepted::Retry => continue,
+            Accepted::Shutdown => break,
+            Accepted::Fatal(e) => {
+                fatal = Some(e);
+                break;
+            }
         };
-        let stream = tokio::select! {
-            biased;
-            () = shutdown.wait() => break,
-            r = listener.accept() => match r {
-                Ok((stream, _peer)) => stream,
-                Err(e) => match accept_error(e, local).await {
-                    Ok(()) => continue,
-                    Err(e) => {
-                        fatal = Some(e);
-                        break;
-                    }
-                },
-            },
-        };
-        let _ = stream.set_nodelay(true);
         let guard = ConnGuard::new(Some(&metrics), permit);
         let app = app.clone();
         let limits = Arc::clone(&limits);

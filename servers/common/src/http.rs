@@ -151,32 +151,15 @@ where
         // (plus those finished since the last accept).
         while tasks.try_join_next().is_some() {}
 
-        // Take a permit before accepting: while all are out we leave new
-        // connections in the kernel backlog instead of accepting and dropping.
-        let permit = tokio::select! {
-            biased;
-            () = shutdown.wait() => break,
-            p = Arc::clone(&permits).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break, // unreachable: the semaphore is never closed
-            },
+        let (stream, permit) = match accept_next(&listener, &permits, &mut shutdown, local).await {
+            Accepted::Conn(stream, permit) => (stream, permit),
+            Accepted::Retry => continue,
+            Accepted::Shutdown => break,
+            Accepted::Fatal(e) => {
+                fatal = Some(e);
+                break;
+            }
         };
-        let stream = tokio::select! {
-            biased;
-            () = shutdown.wait() => break,
-            r = listener.accept() => match r {
-                Ok((stream, _peer)) => stream,
-                Err(e) => match accept_error(e, local).await {
-                    Ok(()) => continue,
-                    Err(e) => {
-                        fatal = Some(e);
-                        break;
-                    }
-                },
-            },
-        };
-        // Small responses must not wait for Nagle; failure only costs latency.
-        let _ = stream.set_nodelay(true);
 
         let guard = ConnGuard::new(metrics.as_ref(), permit);
         let builder = Arc::clone(&builder);
@@ -212,6 +195,51 @@ where
     // Either everything finished or was just aborted; this returns promptly.
     while tasks.join_next().await.is_some() {}
     fatal.map_or(Ok(()), Err)
+}
+
+/// What [`accept_next`] got.
+pub(crate) enum Accepted {
+    /// A connection (Nagle off) with its permit.
+    Conn(TcpStream, OwnedSemaphorePermit),
+    /// A per-connection accept error: try again.
+    Retry,
+    /// Shutdown fired: stop accepting.
+    Shutdown,
+    /// The listener is broken: stop accepting, report this after the drain.
+    Fatal(CommonError),
+}
+
+/// The accept step both accept loops share: take a permit first (while all are out, new connections wait in the
+/// kernel backlog instead of being accepted and dropped), then accept; shutdown wins either wait.
+pub(crate) async fn accept_next(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    shutdown: &mut Shutdown,
+    local: Option<SocketAddr>,
+) -> Accepted {
+    let permit = tokio::select! {
+        biased;
+        () = shutdown.wait() => return Accepted::Shutdown,
+        p = Arc::clone(permits).acquire_owned() => match p {
+            Ok(p) => p,
+            Err(_) => return Accepted::Shutdown, // unreachable: the semaphore is never closed
+        },
+    };
+    tokio::select! {
+        biased;
+        () = shutdown.wait() => Accepted::Shutdown,
+        r = listener.accept() => match r {
+            Ok((stream, _peer)) => {
+                // Small responses must not wait for Nagle; failure only costs latency.
+                let _ = stream.set_nodelay(true);
+                Accepted::Conn(stream, permit)
+            }
+            Err(e) => match accept_error(e, local).await {
+                Ok(()) => Accepted::Retry,
+                Err(e) => Accepted::Fatal(e),
+            },
+        },
+    }
 }
 
 /// Per-connection bookkeeping released when the connection task ends, even
@@ -272,10 +300,7 @@ pub(crate) async fn first_byte(stream: &TcpStream, timeout: Duration) -> bool {
 
 /// Classifies an accept error: Ok(()) to retry (after a backoff when the
 /// process is out of resources), Err for a broken listener.
-pub(crate) async fn accept_error(
-    e: io::Error,
-    local: Option<SocketAddr>,
-) -> Result<(), CommonError> {
+async fn accept_error(e: io::Error, local: Option<SocketAddr>) -> Result<(), CommonError> {
     match e.kind() {
         // The client gave up between SYN and accept: not our problem.
         io::ErrorKind::ConnectionAborted
