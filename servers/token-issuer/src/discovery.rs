@@ -1,0 +1,95 @@
+//! The discovery document (OpenID Connect Discovery 1.0 §3, RFC 8414 §2), built once at start.
+//!
+//! It lists only what is implemented: the grants in [`Grant::ALL`], the client authentication methods in
+//! [`AuthMethod::ALL`], the endpoints below. `authorization_endpoint`, `userinfo_endpoint` and
+//! `code_challenge_methods_supported` are absent until the authorization-code work adds `/authorize` (with PKCE
+//! `S256`) and `/userinfo`: set them in [`Discovery::new`] then. `response_types_supported` is required by both specs
+//! and is empty for the same reason.
+
+use serde::Serialize;
+
+use crate::client_auth::AuthMethod;
+use crate::grants::Grant;
+use crate::keys::SigningAlg;
+
+/// Discovery, as OpenID Connect names it.
+pub const OPENID_CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
+/// Discovery, as RFC 8414 names it (same document).
+pub const OAUTH_METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+/// The JWK Set.
+pub const JWKS_PATH: &str = "/jwks";
+/// The token endpoint.
+pub const TOKEN_PATH: &str = "/token";
+/// Token introspection (RFC 7662).
+pub const INTROSPECT_PATH: &str = "/introspect";
+/// Token revocation (RFC 7009).
+pub const REVOKE_PATH: &str = "/revoke";
+/// On-demand key rotation (admin bearer secret).
+pub const ADMIN_ROTATE_PATH: &str = "/admin/rotate";
+
+/// The discovery document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Discovery {
+    /// The issuer identifier (`iss` of every token).
+    pub issuer: String,
+    /// Not implemented yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization_endpoint: Option<String>,
+    /// `<issuer>/token`.
+    pub token_endpoint: String,
+    /// `<issuer>/jwks`.
+    pub jwks_uri: String,
+    /// Not implemented yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub userinfo_endpoint: Option<String>,
+    /// `<issuer>/introspect`.
+    pub introspection_endpoint: String,
+    /// `<issuer>/revoke`.
+    pub revocation_endpoint: String,
+    /// The implemented grants.
+    pub grant_types_supported: Vec<&'static str>,
+    /// Empty until `/authorize` exists.
+    pub response_types_supported: Vec<&'static str>,
+    /// `public`: `sub` is the same for every client.
+    pub subject_types_supported: Vec<&'static str>,
+    /// The ring's algorithm (ID tokens are signed with the same keys as access tokens).
+    pub id_token_signing_alg_values_supported: Vec<&'static str>,
+    /// The implemented client authentication methods.
+    pub token_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// Same as the token endpoint.
+    pub introspection_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// Same as the token endpoint.
+    pub revocation_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// Not implemented yet (PKCE comes with `/authorize`; only `S256` will be listed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code_challenge_methods_supported: Option<Vec<&'static str>>,
+    /// Every scope some client may be granted, sorted.
+    pub scopes_supported: Vec<String>,
+}
+
+impl Discovery {
+    /// The document for `issuer`.
+    pub fn new(issuer: &str, alg: SigningAlg, mut scopes: Vec<String>) -> Discovery {
+        scopes.sort();
+        scopes.dedup();
+        let methods: Vec<&'static str> = AuthMethod::ALL.iter().map(|m| m.as_str()).collect();
+        Discovery {
+            issuer: issuer.to_string(),
+            authorization_endpoint: None,
+            token_endpoint: format!("{issuer}{TOKEN_PATH}"),
+            jwks_uri: format!("{issuer}{JWKS_PATH}"),
+            userinfo_endpoint: None,
+            introspection_endpoint: format!("{issuer}{INTROSPECT_PATH}"),
+            revocation_endpoint: format!("{issuer}{REVOKE_PATH}"),
+            grant_types_supported: Grant::ALL.iter().map(|g| g.as_str()).collect(),
+            response_types_supported: Vec::new(),
+            subject_types_supported: vec!["public"],
+            id_token_signing_alg_values_supported: vec![alg.as_str()],
+            token_endpoint_auth_methods_supported: methods.clone(),
+            introspection_endpoint_auth_methods_supported: methods.clone(),
+            revocation_endpoint_auth_methods_supported: methods,
+            code_challenge_methods_supported: None,
+            scopes_supported: scopes,
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! What an access token says (RFC 9068 §2.2), borrowed from the request so minting one copies nothing but the
+//! signed bytes, and its random `jti`.
+
+use aws_lc_rs::rand;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+
+use crate::keys::KeyError;
+
+/// Random bytes in a `jti`: 128 bits, so ids never collide in practice (and cannot be guessed).
+pub const JTI_BYTES: usize = 16;
+
+/// Characters of a `jti`: 16 bytes in unpadded base64url.
+pub const JTI_CHARS: usize = 22;
+
+/// A fresh `jti` as a stack string.
+#[derive(Clone, Copy)]
+pub struct Jti([u8; JTI_CHARS]);
+
+impl Jti {
+    /// 128 bits from the system CSPRNG, base64url-encoded.
+    pub fn random() -> Result<Jti, KeyError> {
+        let mut raw = [0u8; JTI_BYTES];
+        rand::fill(&mut raw).map_err(|_| KeyError::Generate("random jti"))?;
+        let mut out = [0u8; JTI_CHARS];
+        let n = URL_SAFE_NO_PAD
+            .encode_slice(raw, &mut out)
+            .map_err(|_| KeyError::Generate("jti encoding"))?;
+        debug_assert_eq!(n, JTI_CHARS);
+        Ok(Jti(out))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        // base64url output is ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// An `aud` value being minted: one audience, or several (RFC 8707 with more than one `resource`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum AudRef<'a> {
+    /// A single audience (serialized as a string).
+    One(&'a str),
+    /// Several audiences (serialized as an array).
+    Many(Vec<&'a str>),
+}
+
+/// The claims of an access token being minted.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessTokenClaims<'a> {
+    /// Issuer.
+    pub iss: &'a str,
+    /// Subject.
+    pub sub: &'a str,
+    /// Audience(s).
+    pub aud: AudRef<'a>,
+    /// Expiry.
+    pub exp: u64,
+    /// Issued at.
+    pub iat: u64,
+    /// Not before (= `iat`).
+    pub nbf: u64,
+    /// Unique id.
+    pub jti: &'a str,
+    /// The client it was issued to.
+    pub client_id: &'a str,
+    /// Granted scope.
+    pub scope: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jtis_are_22_base64url_characters_and_differ() {
+        let a = Jti::random().unwrap();
+        let b = Jti::random().unwrap();
+        assert_eq!(a.as_str().len(), JTI_CHARS);
+        assert!(
+            a.as_str()
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert_ne!(a.as_str(), b.as_str());
+    }
+
+    #[test]
+    fn audiences_serialize_as_string_or_array() {
+        let one = serde_json::to_string(&AudRef::One("https://a")).unwrap();
+        assert_eq!(one, r#""https://a""#);
+        let many = serde_json::to_string(&AudRef::Many(vec!["https://a", "https://b"])).unwrap();
+        assert_eq!(many, r#"["https://a","https://b"]"#);
+    }
+}
