@@ -58,11 +58,7 @@ pub struct CdnConfig {
 impl CdnConfig {
     /// The scenario against `base`; `nonce` is the phase's (the same in every loader process).
     pub fn new(plan: &CdnPlan, base: &HttpUrl, nonce: u64) -> CdnConfig {
-        let host = if base.port == 80 {
-            base.host.clone()
-        } else {
-            format!("{}:{}", base.host, base.port)
-        };
+        let host = base.authority();
         let zipf = match plan.workload {
             CdnWorkload::Zipf {
                 keys,

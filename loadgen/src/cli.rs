@@ -82,6 +82,8 @@ pub enum ServeSystem {
     Floor(refbench_floor::ServeArgs),
     /// The ledger-writer: a durable double-entry ledger (see servers/ledger-writer/API.md).
     Ledger(refbench_ledger::ServeArgs),
+    /// The token-issuer: an OAuth 2.0 / OpenID Connect issuer (see servers/token-issuer/API.md).
+    Oidc(refbench_oidc::ServeArgs),
     /// The cdn-cache: a cache tier (edge or shield) or the synthetic origin.
     Cdn {
         /// Which role.
@@ -197,6 +199,13 @@ pub fn main(cli: Cli) -> i32 {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("error: ledger: {e}");
+                    2
+                }
+            },
+            ServeSystem::Oidc(args) => match refbench_oidc::run(args) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: oidc: {e}");
                     2
                 }
             },

@@ -60,11 +60,7 @@ impl Template {
     /// Prepares `req` against `base`, for `http`.
     pub fn new(base: &HttpUrl, req: &RequestPlan, http: HttpVersion) -> Result<Template, String> {
         let method = Method::from_bytes(req.method.as_bytes()).map_err(|e| e.to_string())?;
-        let authority = if base.port == 80 {
-            base.host.clone()
-        } else {
-            format!("{}:{}", base.host, base.port)
-        };
+        let authority = base.authority();
         let path = format!("{}{}", base.prefix, req.path);
         // HTTP/2 needs :scheme and :authority, so the URI is absolute; HTTP/1.1 sends origin-form plus Host.
         let uri: Uri = match http {

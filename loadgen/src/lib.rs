@@ -12,6 +12,7 @@ pub mod h1;
 pub mod hist;
 pub mod host;
 pub mod ledger;
+pub mod oidc;
 pub mod plan;
 pub mod procs;
 pub mod profile;

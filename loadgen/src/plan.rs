@@ -9,12 +9,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::ProfileError;
 use crate::ledger::wire::{MAX_BATCH, currency_code};
 use crate::profile::{
-    CdnSection, CdnTopologySection, LedgerSection, PhaseSection, Profile, RequestSection,
-    SloSection,
+    CdnSection, CdnTopologySection, LedgerSection, OidcSection, PhaseSection, Profile,
+    RequestSection, SloSection,
 };
 
 /// Built-in systems profiles know (`cdn` is the whole topology: origin, shields, edges).
-pub const BUILTIN_SYSTEMS: &[&str] = &["floor", "ledger", "cdn"];
+pub const BUILTIN_SYSTEMS: &[&str] = &["floor", "ledger", "cdn", "oidc"];
 
 /// Longest phase we accept; longer soaks should be split into phases so results stay per-phase.
 pub const MAX_PHASE_DURATION_S: f64 = 24.0 * 3600.0;
@@ -44,6 +44,23 @@ pub struct Plan {
     pub targets: Vec<TargetPlan>,
     /// Phases in run order, steps expanded.
     pub phases: Vec<PhasePlan>,
+}
+
+/// What stands in a published plan for a secret the profile gave.
+pub const REDACTED: &str = "[redacted]";
+
+impl Plan {
+    /// The plan as results publish it: client secrets replaced by [`REDACTED`] (a result may be shared; the
+    /// secret only has to reach the loader processes).
+    pub fn redacted(&self) -> Plan {
+        let mut p = self.clone();
+        for ph in &mut p.phases {
+            if let Some(o) = ph.oidc.as_mut() {
+                o.client_secret = REDACTED.into();
+            }
+        }
+        p
+    }
 }
 
 /// Run-wide bounds; every loop in loadgen stops at one of these at the latest.
@@ -482,6 +499,200 @@ pub struct PhasePlan {
     /// The CDN scenario, when the phase runs it (then `requests` only describes the generated `GET`s).
     #[serde(default)]
     pub cdn: Option<CdnPlan>,
+    /// The OIDC scenario, when the phase runs it (then `requests` only describes `POST {token endpoint}`).
+    #[serde(default)]
+    pub oidc: Option<OidcPlan>,
+}
+
+/// The OIDC flows loadgen can drive.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OidcFlow {
+    /// `grant_type=client_credentials` (RFC 6749 §4.4): one request, one access token.
+    ClientCredentials,
+}
+
+impl OidcFlow {
+    /// The name profiles and results use.
+    pub fn name(self) -> &'static str {
+        match self {
+            OidcFlow::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OidcAuth {
+    /// `client_secret_basic`: HTTP Basic with the form-urlencoded id and secret (RFC 6749 §2.3.1).
+    Basic,
+    /// `client_secret_post`: `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+/// The built-in issuer's load-test client (registered by the embedded configuration of `loadgen serve oidc`;
+/// `loadgen/tests/oidc_scenario.rs` fails if the two drift apart).
+pub const OIDC_BUILTIN_CLIENT_ID: &str = "bench-client";
+/// Its secret: a published test credential, for loopback benchmarks only.
+pub const OIDC_BUILTIN_CLIENT_SECRET: &str = "bench-secret-0123456789abcdef";
+/// Most tokens one loader process may keep for verification (each is about 1 KiB).
+pub const MAX_OIDC_VERIFIED: u64 = 100_000;
+/// Most key rotations one phase may ask for.
+pub const MAX_OIDC_ROTATIONS: usize = 100;
+/// Longest client id, secret, scope or resource a profile may give (bytes).
+pub const MAX_OIDC_PARAM_BYTES: usize = 1024;
+
+/// A validated `[phases.oidc]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OidcPlan {
+    /// The flow.
+    pub flow: OidcFlow,
+    /// The client.
+    pub client_id: String,
+    /// Its secret.
+    pub client_secret: String,
+    /// Client authentication method.
+    pub auth: OidcAuth,
+    /// The `scope` parameter, if any.
+    pub scope: Option<String>,
+    /// The `resource` parameter, if any.
+    pub resource: Option<String>,
+    /// Verify one token in this many (0 = none).
+    pub verify_every: u64,
+    /// Most tokens one loader process keeps for verification.
+    pub max_verified: u64,
+    /// JWKS re-read period in each loader process.
+    pub jwks_refresh_ms: u64,
+    /// Key rotations, as offsets into the phase, ascending.
+    pub rotate_at_s: Vec<f64>,
+}
+
+fn resolve_oidc(f: &str, o: &OidcSection, duration_s: f64) -> Result<OidcPlan, ProfileError> {
+    let flow = match o.flow.as_deref().unwrap_or("client_credentials") {
+        "client_credentials" => OidcFlow::ClientCredentials,
+        other => {
+            return Err(ProfileError::invalid(
+                format!("{f}.flow"),
+                format!("`{other}`: use \"client_credentials\""),
+            ));
+        }
+    };
+    let auth = match o.auth.as_deref().unwrap_or("basic") {
+        "basic" => OidcAuth::Basic,
+        "post" => OidcAuth::Post,
+        other => {
+            return Err(ProfileError::invalid(
+                format!("{f}.auth"),
+                format!(
+                    "`{other}`: use \"basic\" (client_secret_basic) or \"post\" (client_secret_post)"
+                ),
+            ));
+        }
+    };
+    let param = |k: &str, v: Option<&String>| -> Result<(), ProfileError> {
+        match v {
+            Some(v)
+                if v.is_empty()
+                    || v.len() > MAX_OIDC_PARAM_BYTES
+                    || v.chars().any(char::is_control) =>
+            {
+                Err(ProfileError::invalid(
+                    format!("{f}.{k}"),
+                    format!("must be 1..={MAX_OIDC_PARAM_BYTES} bytes without control characters"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    };
+    param("client_id", o.client_id.as_ref())?;
+    param("client_secret", o.client_secret.as_ref())?;
+    param("scope", o.scope.as_ref())?;
+    param("resource", o.resource.as_ref())?;
+    if o.client_secret.is_some() && o.client_id.is_none() {
+        return Err(ProfileError::invalid(
+            format!("{f}.client_secret"),
+            "give client_id too (the default secret belongs to the default client)",
+        ));
+    }
+    let (client_id, client_secret) = match (&o.client_id, &o.client_secret) {
+        (None, _) => (
+            OIDC_BUILTIN_CLIENT_ID.to_string(),
+            OIDC_BUILTIN_CLIENT_SECRET.to_string(),
+        ),
+        (Some(id), Some(secret)) => (id.clone(), secret.clone()),
+        (Some(_), None) => {
+            return Err(ProfileError::invalid(
+                format!("{f}.client_secret"),
+                "a client_id needs its client_secret",
+            ));
+        }
+    };
+    let verify_every = o.verify_every.unwrap_or(20);
+    let max_verified = o.max_verified.unwrap_or(5000);
+    if max_verified > MAX_OIDC_VERIFIED {
+        return Err(ProfileError::invalid(
+            format!("{f}.max_verified"),
+            format!("must be 0..={MAX_OIDC_VERIFIED}, got {max_verified}"),
+        ));
+    }
+    let jwks_refresh_ms = o.jwks_refresh_ms.unwrap_or(1000);
+    if !(100..=3_600_000).contains(&jwks_refresh_ms) {
+        return Err(ProfileError::invalid(
+            format!("{f}.jwks_refresh_ms"),
+            format!("must be 100..=3600000, got {jwks_refresh_ms}"),
+        ));
+    }
+    if o.rotate_at_s.len() > MAX_OIDC_ROTATIONS {
+        return Err(ProfileError::invalid(
+            format!("{f}.rotate_at_s"),
+            format!("at most {MAX_OIDC_ROTATIONS} rotations per phase"),
+        ));
+    }
+    for (k, &t) in o.rotate_at_s.iter().enumerate() {
+        if !t.is_finite() || t <= 0.0 || t >= duration_s {
+            return Err(ProfileError::invalid(
+                format!("{f}.rotate_at_s[{k}]"),
+                format!("must lie inside the phase (0 < t < {duration_s}), got {t}"),
+            ));
+        }
+        if k > 0 && t <= o.rotate_at_s[k - 1] {
+            return Err(ProfileError::invalid(
+                format!("{f}.rotate_at_s[{k}]"),
+                "rotations must be given in ascending order",
+            ));
+        }
+    }
+    Ok(OidcPlan {
+        flow,
+        client_id,
+        client_secret,
+        auth,
+        scope: o.scope.clone(),
+        resource: o.resource.clone(),
+        verify_every,
+        max_verified,
+        jwks_refresh_ms,
+        rotate_at_s: o.rotate_at_s.clone(),
+    })
+}
+
+/// The path of the built-in issuer's token endpoint; an external issuer's comes from its discovery document.
+pub const OIDC_TOKEN_PATH: &str = "/token";
+
+/// The request an OIDC phase sends, as shown in the plan (the body is built from the scenario).
+pub fn oidc_request(o: &OidcPlan) -> RequestPlan {
+    RequestPlan {
+        name: format!("POST token ({})", o.flow.name()),
+        method: "POST".into(),
+        path: OIDC_TOKEN_PATH.into(),
+        weight: 1,
+        body: String::new(),
+        headers: BTreeMap::from([(
+            "content-type".to_string(),
+            "application/x-www-form-urlencoded".to_string(),
+        )]),
+    }
 }
 
 /// Most accounts a ledger phase may use.
@@ -747,6 +958,15 @@ pub struct HttpUrl {
 }
 
 impl HttpUrl {
+    /// `host[:port]` as a Host header carries it (the port left out when it is 80).
+    pub fn authority(&self) -> String {
+        if self.port == 80 {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
     /// Parses a plain-HTTP base URL; refuses anything else with a reason.
     pub fn parse(url: &str) -> Result<HttpUrl, String> {
         let rest = if let Some(r) = url.strip_prefix("http://") {
@@ -1069,9 +1289,34 @@ fn resolve_phase(
             Some(resolve_cdn(&format!("{f}.cdn"), c, seed, duration_s)?)
         }
     };
-    let requests = match (&ledger, &cdn) {
-        (Some(_), _) => vec![ledger_request()],
-        (_, Some(c)) => vec![cdn_request(c)],
+    let oidc = match &p.oidc {
+        None => None,
+        Some(o) => {
+            if ledger.is_some() || cdn.is_some() {
+                return Err(ProfileError::invalid(
+                    format!("{f}.oidc"),
+                    "a phase runs one scenario: give one of [phases.ledger], [phases.cdn] or [phases.oidc]",
+                ));
+            }
+            if http != HttpVersion::Http1 {
+                return Err(ProfileError::invalid(
+                    format!("{f}.http"),
+                    "the OIDC scenario speaks HTTP/1.1 only: leave `http` out or set it to \"1.1\"",
+                ));
+            }
+            if p.requests.is_some() {
+                return Err(ProfileError::invalid(
+                    format!("{f}.requests"),
+                    "an OIDC phase generates its own requests (POST to the token endpoint): remove [[phases.requests]]",
+                ));
+            }
+            Some(resolve_oidc(&format!("{f}.oidc"), o, duration_s)?)
+        }
+    };
+    let requests = match (&ledger, &cdn, &oidc) {
+        (Some(_), _, _) => vec![ledger_request()],
+        (_, Some(c), _) => vec![cdn_request(c)],
+        (_, _, Some(o)) => vec![oidc_request(o)],
         _ => resolve_requests(&format!("{f}.requests"), p.requests.as_ref())?,
     };
     if let Some(s) = &p.slo {
@@ -1204,6 +1449,7 @@ fn resolve_phase(
             slo: slo.clone(),
             ledger: ledger.clone(),
             cdn: cdn.clone(),
+            oidc: oidc.clone(),
         };
         // Open phases get a cap a little above what they should send, so a runaway schedule stops by itself.
         let default_cap = plan

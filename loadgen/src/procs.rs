@@ -477,6 +477,32 @@ pub fn http_request(
     timeout: Duration,
     max_bytes: u64,
 ) -> Result<(u16, Vec<u8>), String> {
+    http_request_with(
+        addr,
+        host,
+        method,
+        path,
+        content_type,
+        &[],
+        body,
+        timeout,
+        max_bytes,
+    )
+}
+
+/// [`http_request`] with extra header fields (`name`, `value`), e.g. an `Authorization`.
+#[allow(clippy::too_many_arguments)]
+pub fn http_request_with(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+    max_bytes: u64,
+) -> Result<(u16, Vec<u8>), String> {
     let mut s =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(timeout))
@@ -490,6 +516,9 @@ pub fn http_request(
             body.len()
         )),
         None => head.push_str("Accept: text/plain\r\n"),
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
     let mut req = head.into_bytes();

@@ -157,6 +157,39 @@ pub struct PhaseSection {
     pub ledger: Option<LedgerSection>,
     /// The CDN scenario: generated object requests against a cache instead of the request mix.
     pub cdn: Option<CdnSection>,
+    /// The OIDC scenario: token requests against an OAuth 2.0 / OpenID Connect issuer instead of the request mix.
+    pub oidc: Option<OidcSection>,
+}
+
+/// `[phases.oidc]`: the OIDC scenario. Every request asks the issuer's token endpoint for a token; a sample of the
+/// tokens is verified against the issuer's published JWKS (found through its discovery document), as a relying
+/// party would, and every failure is counted.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSection {
+    /// `client_credentials` (the only flow so far).
+    pub flow: Option<String>,
+    /// The client (default: the built-in issuer's load-test client, `bench-client`).
+    pub client_id: Option<String>,
+    /// Its secret (default: the built-in issuer's secret for `bench-client`).
+    pub client_secret: Option<String>,
+    /// Client authentication: `basic` (client_secret_basic, default) or `post` (client_secret_post).
+    pub auth: Option<String>,
+    /// The `scope` parameter (default: none, the client's default scopes).
+    pub scope: Option<String>,
+    /// The `resource` parameter (RFC 8707), asking for a token for that audience.
+    pub resource: Option<String>,
+    /// Verify one token in this many against the JWKS (default 20; 0 = verify none).
+    pub verify_every: Option<u64>,
+    /// Most tokens one loader process keeps for verification (default 5000).
+    pub max_verified: Option<u64>,
+    /// How often each loader process re-reads the JWKS during the phase, as a caching relying party would
+    /// (default 1000 ms). A token must verify against the newest JWKS read before it was issued.
+    pub jwks_refresh_ms: Option<u64>,
+    /// Offsets into the phase (seconds) at which loadgen rotates the issuer's signing key through its admin
+    /// port (`POST /admin/rotate`); needs a built-in target or an `admin_url`.
+    #[serde(default)]
+    pub rotate_at_s: Vec<f64>,
 }
 
 /// `[phases.cdn]`: the CDN scenario. Every request is a `GET` of a generated path; hits are read from the

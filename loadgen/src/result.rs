@@ -265,6 +265,49 @@ pub struct PhaseResult {
     /// Cache figures of a CDN phase; null for other phases.
     #[serde(default)]
     pub cdn: Option<CdnResult>,
+    /// Token figures and verification of an OIDC phase; null for other phases.
+    #[serde(default)]
+    pub oidc: Option<OidcResult>,
+}
+
+/// What an OIDC phase measured: tokens issued, and how the sampled ones fared against the published JWKS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OidcResult {
+    /// `client_credentials`.
+    pub flow: String,
+    /// The issuer the tokens must name (`iss`), from its discovery document.
+    pub issuer: String,
+    /// Status-200 responses that carried a Bearer `access_token`.
+    pub tokens: u64,
+    /// tokens / phase wall time.
+    pub tokens_per_s: f64,
+    /// Status-200 responses without a usable token (each one is a correctness failure).
+    pub malformed_responses: u64,
+    /// Tokens verified after the phase: one in `verify_every`, at most `max_verified` per loader process.
+    pub sampled: u64,
+    /// Sampled tokens that passed every check.
+    pub verified: u64,
+    /// Sampled tokens that failed, by the first check they failed (each one is a correctness failure).
+    pub verification_failures: BTreeMap<String, u64>,
+    /// Tokens left unsampled because the sample was full.
+    pub sample_overflow: u64,
+    /// JWKS reads by the loaders during the phase, and failed reads.
+    pub jwks_reads: u64,
+    /// Failed JWKS reads.
+    pub jwks_read_failures: u64,
+    /// Key rotations loadgen asked for during the phase.
+    pub rotations: Vec<OidcRotation>,
+}
+
+/// One key rotation during a phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OidcRotation {
+    /// Offset into the phase.
+    pub at_s: f64,
+    /// The issuer acknowledged it.
+    pub ok: bool,
+    /// Why not, when it failed.
+    pub error: Option<String>,
 }
 
 /// What a CDN phase measured: hits as the responses' `Cache-Status` told them, origin work as the origin counted it.

@@ -14,18 +14,19 @@ use crate::error::{ProfileError, RunError};
 use crate::hist::{self, Summary};
 use crate::host::{Git, Host};
 use crate::ledger::check::{self, Balances, LedgerTarget};
+use crate::oidc::{self as oidcmod, OidcEndpoints, OidcTotals};
 use crate::plan::{
     self, Arrival, CalibrationPlan, CdnPlan, CdnTopology, CdnWorkload, Env, HttpUrl, HttpVersion,
-    LedgerPlan, LoadModel, PhasePlan, Plan, RequestPlan, TargetKind,
+    LedgerPlan, LoadModel, OidcPlan, PhasePlan, Plan, RequestPlan, TargetKind,
 };
 use crate::procs::{self, Sampler, ServerProc, WorkerLine};
 use crate::profile::{Profile, SloSection, TargetSection};
 use crate::result::{
     Calibration, CdnPrefetch, CdnResult, CdnStorm, LedgerResult, LedgerTransfers, LedgerTwoPhase,
-    LedgerVerification, PhaseResult, ProcessResult, Requests, RunResult, SCHEMA_VERSION, SloCheck,
-    SloReport, TargetInfo, TargetProcess, WarmupSummary,
+    LedgerVerification, OidcResult, OidcRotation, PhaseResult, ProcessResult, Requests, RunResult,
+    SCHEMA_VERSION, SloCheck, SloReport, TargetInfo, TargetProcess, WarmupSummary,
 };
-use crate::worker::{LEDGER_VERIFY_BUDGET_S, Progress, WorkerReport, WorkerSpec};
+use crate::worker::{Progress, WorkerReport, WorkerSpec, verify_budget_s};
 
 /// Everything `loadgen run` was asked.
 #[derive(Debug, Clone, Default)]
@@ -188,6 +189,8 @@ struct LiveTarget {
     external_pids: Vec<(String, u32)>,
     /// The origin behind a CDN target, when loadgen can reach its admin port.
     origin: Option<OriginProbe>,
+    /// A built-in issuer: the secret of its key-rotation endpoint.
+    rotate: Option<oidcmod::RotateAuth>,
 }
 
 impl LiveTarget {
@@ -359,6 +362,7 @@ fn start_cdn(ctx: &Ctx<'_>, name: &str, topo: &CdnTopology) -> Result<LiveTarget
         origin: origin_admin.map(|a| {
             OriginProbe::new(a, Duration::from_millis(ctx.plan.limits.request_timeout_ms))
         }),
+        rotate: None,
     })
 }
 
@@ -368,7 +372,22 @@ fn start_target(ctx: &Ctx<'_>, name: &str, kind: &TargetKind) -> Result<LiveTarg
             cdn: Some(topo), ..
         } => start_cdn(ctx, name, topo),
         TargetKind::Builtin { system, args, .. } => {
-            let (server, http, admin) = start_server(ctx, name, system, args)?;
+            // A built-in issuer gets a fresh admin secret, so loadgen (and only loadgen) can rotate its keys.
+            let rotate =
+                if system == "oidc" && !args.iter().any(|a| a.starts_with("--admin-token-file")) {
+                    Some(
+                        oidcmod::RotateAuth::new()
+                            .map_err(|e| RunError::io("create the issuer's admin secret", e))?,
+                    )
+                } else {
+                    None
+                };
+            let mut args = args.clone();
+            if let Some(r) = &rotate {
+                args.push("--admin-token-file".into());
+                args.push(r.file.path().display().to_string());
+            }
+            let (server, http, admin) = start_server(ctx, name, system, &args)?;
             Ok(LiveTarget {
                 name: name.into(),
                 url: format!("http://{http}"),
@@ -381,6 +400,7 @@ fn start_target(ctx: &Ctx<'_>, name: &str, kind: &TargetKind) -> Result<LiveTarg
                 servers: vec![(name.to_string(), server)],
                 external_pids: Vec::new(),
                 origin: None,
+                rotate,
             })
         }
         TargetKind::External {
@@ -438,6 +458,7 @@ fn start_target(ctx: &Ctx<'_>, name: &str, kind: &TargetKind) -> Result<LiveTarg
                     .map(|p| (format!("{name}/pid-{p}"), *p))
                     .collect(),
                 origin,
+                rotate: None,
             })
         }
     }
@@ -455,6 +476,8 @@ struct PhaseRun {
     goose_reports: Vec<String>,
     /// CDN phases: the nonce in this phase's storm keys.
     cdn_nonce: u64,
+    /// OIDC phases: the key rotations asked for (offset into the phase, outcome).
+    rotations: Vec<(f64, Result<(), String>)>,
 }
 
 /// CPU seconds of every listed process, or `None` when one of them cannot be read.
@@ -473,6 +496,7 @@ fn run_phase(
     phase: &PhasePlan,
     target: &LiveTarget,
     label: &str,
+    oidc_endpoints: Option<&OidcEndpoints>,
 ) -> Result<PhaseRun, RunError> {
     let plan = ctx.plan;
     let workers = plan.placement.loader_processes.min(phase.users).max(1);
@@ -526,6 +550,7 @@ fn run_phase(
             max_requests: (phase_cap as u128 * lanes as u128).div_ceil(phase.users as u128) as u64,
             ledger_nonce,
             cdn_nonce,
+            oidc_endpoints: oidc_endpoints.cloned(),
         };
         lane_offset += lanes;
         let json = serde_json::to_string(&spec).expect("plain data serializes");
@@ -541,10 +566,7 @@ fn run_phase(
     pids.extend(server_pids.iter().map(|(_, p)| *p));
     let sampler = Sampler::start(pids);
 
-    let verify_s = match &phase.ledger {
-        Some(l) if l.verify => LEDGER_VERIFY_BUDGET_S,
-        _ => 0.0,
-    };
+    let verify_s = verify_budget_s(phase);
     let hard_stop = Instant::now()
         + Duration::from_secs_f64(
             phase.duration_s + plan.limits.request_timeout_ms as f64 / 1000.0 + 35.0 + verify_s,
@@ -558,7 +580,49 @@ fn run_phase(
     let total_cpu = |c: &Option<Vec<f64>>| c.as_ref().map(|v| v.iter().sum::<f64>());
     let mut last_cpu = (Instant::now(), total_cpu(&server_cpu_before));
     let mut failure: Option<RunError> = None;
+    // Key rotations the phase asks for, as instants on this process's clock (the phase starts at start_unix_ns).
+    let phase_start = Instant::now()
+        + Duration::from_nanos(
+            start_unix_ns.saturating_sub(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+            ),
+        );
+    let mut rotations: std::collections::VecDeque<Instant> = phase
+        .oidc
+        .iter()
+        .flat_map(|o| o.rotate_at_s.iter())
+        .map(|&t| phase_start + Duration::from_secs_f64(t))
+        .collect();
+    let mut rotated = Vec::new();
     while eof.iter().any(|e| !e) {
+        if let Some(&due) = rotations.front()
+            && Instant::now() >= due
+        {
+            rotations.pop_front();
+            let at_s = Instant::now()
+                .saturating_duration_since(phase_start)
+                .as_secs_f64();
+            let outcome = match &target.rotate {
+                Some(r) => oidcmod::rotate(
+                    target.addr,
+                    &HttpUrl::parse(&target.url)
+                        .map(|u| u.authority())
+                        .unwrap_or_default(),
+                    &r.token,
+                    Duration::from_secs(5),
+                ),
+                None => Err("loadgen holds no admin secret for this target".into()),
+            };
+            if !ctx.quiet {
+                match &outcome {
+                    Ok(()) => eprintln!("[{label}] rotated the signing key at t={at_s:.2}s"),
+                    Err(e) => eprintln!("[{label}] KEY ROTATION FAILED at t={at_s:.2}s: {e}"),
+                }
+            }
+            rotated.push((at_s, outcome));
+        }
         let left = hard_stop.saturating_duration_since(Instant::now());
         if left.is_zero() {
             failure = Some(RunError::Loader {
@@ -567,7 +631,10 @@ fn run_phase(
             });
             break;
         }
-        match rx.recv_timeout(left.min(Duration::from_millis(500))) {
+        let next_rotation = rotations.front().map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        match rx.recv_timeout(left.min(Duration::from_millis(500)).min(next_rotation)) {
             Ok(WorkerLine::Progress(_, json)) => {
                 let Ok(p) = serde_json::from_str::<Progress>(&json) else {
                     continue;
@@ -676,6 +743,7 @@ fn run_phase(
         metrics_after,
         goose_reports,
         cdn_nonce,
+        rotations: rotated,
     })
 }
 
@@ -824,6 +892,7 @@ fn calibration_phase(c: &CalibrationPlan) -> PhasePlan {
         slo: SloSection::default(),
         ledger: None,
         cdn: None,
+        oidc: None,
     }
 }
 
@@ -841,7 +910,7 @@ fn run_calibration(
         },
     )?;
     let phase = calibration_phase(c);
-    let run = run_phase(ctx, &phase, &floor, "calibration");
+    let run = run_phase(ctx, &phase, &floor, "calibration", None);
     floor.stop();
     let run = run?;
     let merged = merge_reports(&run.reports)?;
@@ -965,7 +1034,11 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
         if let Some(c) = &phase.cdn {
             cdn_prepare(c, target)?;
         }
-        let run = run_phase(&mut ctx, phase, target, &label);
+        let oidc_endpoints = match &phase.oidc {
+            Some(o) => Some(oidc_prepare(o, target, plan.limits.request_timeout_ms)?),
+            None => None,
+        };
+        let run = run_phase(&mut ctx, phase, target, &label, oidc_endpoints.as_ref());
         if let (Some(c), Some(origin)) = (&phase.cdn, &target.origin)
             && c.origin_latency_ms.is_some()
             && let Err(e) = origin.clear_injections()
@@ -994,6 +1067,20 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
                 Some(result)
             }
             None => None,
+        };
+        let oidc = match (&phase.oidc, &oidc_endpoints) {
+            (Some(o), Some(e)) => {
+                let (result, failures) =
+                    oidc_finish(o, e, &run, merged.wall_s.max(phase.duration_s));
+                for f in &failures {
+                    if !opts.quiet {
+                        eprintln!("[{label}] OIDC CHECK FAILED: {f}");
+                    }
+                    correctness_failures.push(format!("phase `{}`: {f}", phase.name));
+                }
+                Some(result)
+            }
+            _ => None,
         };
         let ledger = match (&phase.ledger, prepared) {
             (Some(l), Some(prep)) => {
@@ -1128,6 +1215,7 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
             goose_reports: run.goose_reports.clone(),
             ledger,
             cdn,
+            oidc,
         };
         checks.extend(slo_checks(&result, &phase.slo));
         phases.push(result);
@@ -1195,7 +1283,7 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
         host,
         git,
         calibration,
-        profile: plan.clone(),
+        profile: plan.redacted(),
         targets,
         phases,
         warmup_phases: warmups,
@@ -1208,6 +1296,99 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
 /// The target URL's path prefix (`""` for none).
 fn base_prefix(t: &LiveTarget) -> String {
     HttpUrl::parse(&t.url).map(|u| u.prefix).unwrap_or_default()
+}
+
+/// Before an OIDC phase: reads the issuer's discovery document; a phase that rotates keys needs an admin address.
+fn oidc_prepare(
+    o: &OidcPlan,
+    t: &LiveTarget,
+    request_timeout_ms: u64,
+) -> Result<OidcEndpoints, RunError> {
+    let err =
+        |reason: String| RunError::io(format!("target {}", t.name), std::io::Error::other(reason));
+    if !o.rotate_at_s.is_empty() && t.rotate.is_none() {
+        return Err(err(
+            "the phase rotates keys (rotate_at_s), which needs a built-in issuer started without --admin-token-file (loadgen makes the admin secret itself)".into(),
+        ));
+    }
+    let base = HttpUrl::parse(&t.url).map_err(err)?;
+    oidcmod::discover(
+        &base,
+        t.addr,
+        Duration::from_millis(request_timeout_ms).max(Duration::from_secs(5)),
+    )
+    .map_err(err)
+}
+
+/// After an OIDC phase: merges the loaders' token counts and verification outcomes; every malformed response,
+/// failed verification and failed rotation is a correctness failure.
+fn oidc_finish(
+    o: &OidcPlan,
+    e: &OidcEndpoints,
+    run: &PhaseRun,
+    wall_s: f64,
+) -> (OidcResult, Vec<String>) {
+    let mut totals = OidcTotals::default();
+    for r in &run.reports {
+        if let Some(t) = &r.oidc {
+            totals.merge(t);
+        }
+    }
+    let mut failures = Vec::new();
+    if totals.malformed_responses > 0 {
+        failures.push(format!(
+            "{} status-200 token responses carried no usable Bearer access_token",
+            totals.malformed_responses
+        ));
+    }
+    for (why, n) in &totals.failures {
+        failures.push(format!("{n} sampled tokens failed verification: {why}"));
+    }
+    if o.verify_every > 0 && totals.tokens > 0 && totals.sampled == 0 {
+        failures.push("tokens were issued but none was sampled for verification".into());
+    }
+    let rotations = run
+        .rotations
+        .iter()
+        .map(|(at_s, r)| OidcRotation {
+            at_s: *at_s,
+            ok: r.is_ok(),
+            error: r.as_ref().err().cloned(),
+        })
+        .collect::<Vec<_>>();
+    for r in rotations.iter().filter(|r| !r.ok) {
+        failures.push(format!(
+            "key rotation at {:.2}s failed: {}",
+            r.at_s,
+            r.error.as_deref().unwrap_or("")
+        ));
+    }
+    if rotations.len() < o.rotate_at_s.len() {
+        failures.push(format!(
+            "{} of {} key rotations were not attempted (the phase ended first)",
+            o.rotate_at_s.len() - rotations.len(),
+            o.rotate_at_s.len()
+        ));
+    }
+    let result = OidcResult {
+        flow: o.flow.name().into(),
+        issuer: e.issuer.clone(),
+        tokens: totals.tokens,
+        tokens_per_s: if wall_s > 0.0 {
+            totals.tokens as f64 / wall_s
+        } else {
+            0.0
+        },
+        malformed_responses: totals.malformed_responses,
+        sampled: totals.sampled,
+        verified: totals.verified,
+        verification_failures: totals.failures,
+        sample_overflow: totals.sample_overflow,
+        jwks_reads: totals.jwks_reads,
+        jwks_read_failures: totals.jwks_read_failures,
+        rotations,
+    };
+    (result, failures)
 }
 
 /// Before a CDN phase: makes the origin slow for the phase's paths when the phase asks for it.

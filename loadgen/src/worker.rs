@@ -36,6 +36,10 @@ use crate::ledger::model::{
     MAX_LEDGER_RESPONSE_BYTES, TransferChecks, apply, match_lookup,
 };
 use crate::ledger::wire::{ID_BYTES, MAX_BATCH, Transfer};
+use crate::oidc::{
+    self as oidcmod, JwksWatcher, LaneOidc, MAX_OIDC_RESPONSE_BYTES, OidcConfig, OidcEndpoints,
+    OidcTotals, Sample,
+};
 use crate::pacer::Pacer;
 use crate::plan::{HttpUrl, HttpVersion, Limits, LoadModel, PhasePlan};
 use crate::schedule::{LaneSchedule, MixPicker, mix_seed};
@@ -46,6 +50,9 @@ pub const PROGRESS_PREFIX: &str = "REFBENCH_PROGRESS ";
 pub const REPORT_PREFIX: &str = "REFBENCH_WORKER ";
 /// Extra time a loader of a ledger phase may take after the phase to verify what it sent.
 pub const LEDGER_VERIFY_BUDGET_S: f64 = 120.0;
+/// Extra time a loader of an OIDC phase may take after the phase to verify its sampled tokens (an ES256
+/// verification costs well under a millisecond; 100,000 samples fit).
+pub const OIDC_VERIFY_BUDGET_S: f64 = 60.0;
 
 /// What the coordinator tells one loader process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +93,9 @@ pub struct WorkerSpec {
     /// CDN phases: makes this phase's storm keys unlike any earlier run's (the same in every loader process).
     #[serde(default)]
     pub cdn_nonce: u64,
+    /// OIDC phases: the issuer's endpoints, read from its discovery document by the coordinator.
+    #[serde(default)]
+    pub oidc_endpoints: Option<OidcEndpoints>,
 }
 
 impl WorkerSpec {
@@ -157,6 +167,9 @@ pub struct WorkerReport {
     /// CDN phases: responses by cache class, bytes, storm keys answered.
     #[serde(default)]
     pub cdn: Option<CdnTotals>,
+    /// OIDC phases: tokens received and the verification of the sampled ones.
+    #[serde(default)]
+    pub oidc: Option<OidcTotals>,
 }
 
 struct Stats {
@@ -177,6 +190,7 @@ struct Stats {
     last_done: Option<Instant>,
     ledger: Option<LedgerTotals>,
     cdn: Option<CdnTotals>,
+    oidc: Option<OidcTotals>,
 }
 
 impl Stats {
@@ -202,6 +216,7 @@ impl Stats {
             last_done: None,
             ledger: None,
             cdn: None,
+            oidc: None,
         }
     }
 }
@@ -214,6 +229,7 @@ struct Lane {
     schedule: Option<LaneSchedule>,
     rng: SmallRng,
     ledger: Option<LaneLedger>,
+    oidc: Option<LaneOidc>,
 }
 
 struct Shared {
@@ -239,6 +255,10 @@ struct Shared {
     ledger_lanes: Mutex<Vec<LaneLedger>>,
     /// CDN phases: the path generator's shared configuration.
     cdn: Option<CdnConfig>,
+    /// OIDC phases: the token request and the sampling rule.
+    oidc: Option<OidcConfig>,
+    /// OIDC phases: tokens kept for verification after the phase (at most `max_verified`).
+    oidc_samples: Mutex<Vec<Sample>>,
 }
 
 /// CPU seconds (user + system) this process has used.
@@ -292,16 +312,22 @@ pub fn run_from_stdin() -> Result<(), RunError> {
     Ok(())
 }
 
+/// Extra time a loader may take after the phase to verify what it received.
+pub fn verify_budget_s(phase: &PhasePlan) -> f64 {
+    match (&phase.ledger, &phase.oidc) {
+        (Some(l), _) if l.verify => LEDGER_VERIFY_BUDGET_S,
+        (_, Some(o)) if o.verify_every > 0 => OIDC_VERIFY_BUDGET_S,
+        _ => 0.0,
+    }
+}
+
 /// Runs one worker to completion (pins, builds a `current_thread` runtime, runs Goose).
 pub fn run(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
     refbench_common::cpu::pin_to_cpus(&spec.cpus)
         .map_err(|e| RunError::io("pin loader", std::io::Error::other(e.to_string())))?;
     refbench_common::cpu::set_timer_slack_ns(1);
     // A hard stop in case anything hangs: the phase, one request timeout and a margin.
-    let verify_s = match &spec.phase.ledger {
-        Some(l) if l.verify => LEDGER_VERIFY_BUDGET_S,
-        _ => 0.0,
-    };
+    let verify_s = verify_budget_s(&spec.phase);
     let deadline_s =
         spec.phase.duration_s + spec.limits.request_timeout_ms as f64 / 1000.0 + 30.0 + verify_s;
     let start_in_s = (spec.start_unix_ns.saturating_sub(unix_ns_now())) as f64 / 1e9;
@@ -360,6 +386,23 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
             "the CDN scenario speaks HTTP/1.1 only".into(),
         ));
     }
+    let oidc = match (&spec.phase.oidc, &spec.oidc_endpoints) {
+        (None, _) => None,
+        (Some(o), Some(e)) => Some(OidcConfig::new(o, &base, e.clone())),
+        (Some(_), None) => {
+            return Err(RunError::Goose(
+                "an OIDC phase needs the issuer's endpoints from the coordinator".into(),
+            ));
+        }
+    };
+    // The relying party's view of the JWKS, read before the phase and then every refresh period.
+    let jwks = oidc.as_ref().filter(|c| c.plan.verify_every > 0).map(|c| {
+        JwksWatcher::start(
+            &c.endpoints,
+            Duration::from_millis(c.plan.jwks_refresh_ms),
+            timeout,
+        )
+    });
 
     // Connections are opened before the phase starts so the handshake is not part of the first latencies.
     let mut conns = Vec::with_capacity(spec.connections);
@@ -408,6 +451,7 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
             schedule,
             rng: SmallRng::seed_from_u64(mix_seed(spec.phase.seed ^ 0xA5A5, global as u64)),
             ledger: ledger.as_ref().map(|c| LaneLedger::new(c, local, global)),
+            oidc: oidc.as_ref().map(|_| LaneOidc::default()),
         })));
     }
     drop(conns);
@@ -418,6 +462,7 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
     let mut stats = Stats::new();
     stats.ledger = ledger.as_ref().map(|c| LedgerTotals::new(c.plan.accounts));
     stats.cdn = cdn.as_ref().map(|_| CdnTotals::default());
+    stats.oidc = oidc.as_ref().map(|_| OidcTotals::default());
     let shared = Arc::new(Shared {
         pacer,
         start,
@@ -435,6 +480,8 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
         ledger,
         ledger_lanes: Mutex::new(Vec::new()),
         cdn,
+        oidc,
+        oidc_samples: Mutex::new(Vec::new()),
         lanes,
         spec,
     });
@@ -475,6 +522,33 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
         }
     };
 
+    // OIDC: verify the sampled tokens (after the CPU window closed, like the ledger's checks).
+    let oidc_report = match (&shared.oidc, jwks) {
+        (None, _) => None,
+        (Some(_), None) => shared.stats.lock().expect("not poisoned").oidc.clone(),
+        (Some(cfg), Some(watcher)) => {
+            let snapshots = watcher.finish();
+            let after_at = Instant::now();
+            let after = oidcmod::read_jwks(&cfg.endpoints, timeout);
+            let samples = std::mem::take(&mut *shared.oidc_samples.lock().expect("not poisoned"));
+            let mut totals = shared
+                .stats
+                .lock()
+                .expect("not poisoned")
+                .oidc
+                .take()
+                .unwrap_or_default();
+            oidcmod::verify_samples(
+                cfg,
+                &samples,
+                &snapshots,
+                after.as_ref().map(|a| (after_at, a)),
+                &mut totals,
+            );
+            Some(totals)
+        }
+    };
+
     let stats = shared.stats.lock().expect("not poisoned");
     let cpu_start = shared
         .cpu_start
@@ -507,6 +581,7 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
         goose_requests,
         ledger: ledger_report,
         cdn: stats.cdn.clone(),
+        oidc: oidc_report,
     })
 }
 
@@ -828,6 +903,20 @@ async fn run_lane(
                     Err(_) => Err(ClientError::Timeout),
                 }
             }
+            (Some(conn), _, _) if lane.oidc.is_some() => {
+                let (Some(lo), Some(cfg)) = (lane.oidc.as_mut(), shared.oidc.as_ref()) else {
+                    unreachable!("OIDC lanes exist only with an OIDC config");
+                };
+                match tokio::time::timeout(
+                    timeout,
+                    conn.send_raw(&cfg.request, &mut lo.response, MAX_OIDC_RESPONSE_BYTES),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(ClientError::Timeout),
+                }
+            }
             (Some(conn), _, _) if lane.cdn.is_some() => {
                 let (Some(lane_gen), Some(cfg)) = (lane.cdn.as_mut(), shared.cdn.as_ref()) else {
                     unreachable!("CDN lanes exist only with a CDN config");
@@ -892,6 +981,39 @@ async fn run_lane(
                         st.timeouts += 1;
                     }
                     *st.errors.entry(e.to_string()).or_insert(0) += 1;
+                }
+            }
+            if let (Some(totals), Some(lo), Some(cfg), Ok(x)) = (
+                st.oidc.as_mut(),
+                lane.oidc.as_mut(),
+                shared.oidc.as_ref(),
+                &result,
+            ) && x.status.as_u16() == 200
+            {
+                // Only sampled responses are parsed whole (the loader's CPU is part of the measurement); the others
+                // are checked for the two members every token response has.
+                if lo.take_sample(cfg.plan.verify_every) {
+                    match oidcmod::access_token(&lo.response) {
+                        Some(token) => {
+                            totals.tokens += 1;
+                            let mut samples = shared.oidc_samples.lock().expect("not poisoned");
+                            if (samples.len() as u64) < cfg.plan.max_verified {
+                                samples.push(Sample {
+                                    token,
+                                    sent: send_at,
+                                    received: done,
+                                });
+                                totals.sampled += 1;
+                            } else {
+                                totals.sample_overflow += 1;
+                            }
+                        }
+                        None => totals.malformed_responses += 1,
+                    }
+                } else if oidcmod::looks_like_token_response(&lo.response) {
+                    totals.tokens += 1;
+                } else {
+                    totals.malformed_responses += 1;
                 }
             }
             if built && let (Some(totals), Some(lg)) = (st.ledger.as_mut(), lane.ledger.as_mut()) {

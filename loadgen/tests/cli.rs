@@ -387,6 +387,7 @@ fn result(p99_us: u64) -> RunResult {
         goose_reports: vec![],
         ledger: None,
         cdn: None,
+        oidc: None,
     };
     RunResult {
         schema_version: SCHEMA_VERSION,

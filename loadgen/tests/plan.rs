@@ -687,3 +687,84 @@ origin_latency_ms = 10
     let zero = text.replace("[10, 11]", "[0]");
     assert_eq!(refused_field(&zero, two_cpus()), "targets.nginx.pids");
 }
+
+/// The minimal profile with an OIDC phase whose `[phases.oidc]` holds `oidc`.
+fn oidc_profile(oidc: &str) -> String {
+    minimal(&format!("[phases.oidc]\n{oidc}"))
+}
+
+#[test]
+fn oidc_defaults_and_choices() {
+    let plan = resolve(&oidc_profile(""));
+    let o = plan.phases[0].oidc.as_ref().expect("oidc phase");
+    assert_eq!(o.flow, plan::OidcFlow::ClientCredentials);
+    assert_eq!(o.auth, plan::OidcAuth::Basic);
+    assert_eq!(o.client_id, plan::OIDC_BUILTIN_CLIENT_ID);
+    assert_eq!(o.client_secret, plan::OIDC_BUILTIN_CLIENT_SECRET);
+    assert_eq!(
+        (o.verify_every, o.max_verified, o.jwks_refresh_ms),
+        (20, 5000, 1000)
+    );
+    assert!(o.scope.is_none() && o.resource.is_none() && o.rotate_at_s.is_empty());
+    assert_eq!(plan.phases[0].requests[0].method, "POST");
+
+    let plan = resolve(&oidc_profile(
+        "auth = \"post\"\nclient_id = \"c\"\nclient_secret = \"s3cret\"\nscope = \"read write\"\nrotate_at_s = [1, 2.5]",
+    ));
+    let o = plan.phases[0].oidc.as_ref().unwrap();
+    assert_eq!(o.auth, plan::OidcAuth::Post);
+    assert_eq!(
+        (o.client_id.as_str(), o.client_secret.as_str()),
+        ("c", "s3cret")
+    );
+    assert_eq!(o.rotate_at_s, vec![1.0, 2.5]);
+    // The plan a result publishes hides the secret; the one the loaders get keeps it.
+    let published = plan.redacted();
+    assert_eq!(
+        published.phases[0].oidc.as_ref().unwrap().client_secret,
+        plan::REDACTED
+    );
+}
+
+#[test]
+fn oidc_refusals_name_their_field() {
+    for (oidc, field) in [
+        ("flow = \"implicit\"", "phases[0].oidc.flow"),
+        ("auth = \"mtls\"", "phases[0].oidc.auth"),
+        ("client_secret = \"s\"", "phases[0].oidc.client_secret"),
+        ("client_id = \"c\"", "phases[0].oidc.client_secret"),
+        (
+            "client_id = \"\"\nclient_secret = \"s\"",
+            "phases[0].oidc.client_id",
+        ),
+        ("scope = \"a\\nb\"", "phases[0].oidc.scope"),
+        ("max_verified = 100001", "phases[0].oidc.max_verified"),
+        ("jwks_refresh_ms = 10", "phases[0].oidc.jwks_refresh_ms"),
+        ("rotate_at_s = [10]", "phases[0].oidc.rotate_at_s[0]"),
+        ("rotate_at_s = [0]", "phases[0].oidc.rotate_at_s[0]"),
+        ("rotate_at_s = [3, 2]", "phases[0].oidc.rotate_at_s[1]"),
+    ] {
+        assert_eq!(
+            refused_field(&oidc_profile(oidc), two_cpus()),
+            field,
+            "{oidc}"
+        );
+    }
+    // One scenario per phase, HTTP/1.1 only, and no request mix beside it.
+    assert_eq!(
+        refused_field(
+            &minimal("[phases.oidc]\n[phases.cdn]\nworkload = \"zipf\""),
+            two_cpus()
+        ),
+        "phases[0].oidc"
+    );
+    assert_eq!(
+        refused_field(&minimal("http = \"2\"\n[phases.oidc]"), two_cpus()),
+        "phases[0].http"
+    );
+    let unknown = Profile::parse(&oidc_profile("grant = \"x\""), "test");
+    assert!(
+        unknown.is_err_and(|e| e.to_string().contains("unknown field `grant`")),
+        "unknown keys in [phases.oidc] are refused"
+    );
+}

@@ -14,8 +14,9 @@ use refbench_loadgen::procs::Sampled;
 use refbench_loadgen::profile::Profile;
 use refbench_loadgen::result::{
     CdnPrefetch, CdnResult, CdnStorm, LedgerResult, LedgerServerVerify, LedgerTransfers,
-    LedgerTwoPhase, LedgerVerification, PhaseResult, ProcessResult, Requests, RunResult,
-    SCHEMA_VERSION, SloCheck, SloReport, TargetInfo, TargetProcess, WarmupSummary,
+    LedgerTwoPhase, LedgerVerification, OidcResult, OidcRotation, PhaseResult, ProcessResult,
+    Requests, RunResult, SCHEMA_VERSION, SloCheck, SloReport, TargetInfo, TargetProcess,
+    WarmupSummary,
 };
 use serde_json::{Value, json};
 
@@ -353,6 +354,17 @@ duration_s = 1
 [phases.cdn]
 workload = "video"
 keys = 10
+[[phases]]
+name = "tokens"
+target = "ext"
+model = "open"
+rate_rps = 100
+duration_s = 4
+[phases.oidc]
+client_id = "c1"
+client_secret = "do-not-publish-me"
+scope = "read"
+rotate_at_s = [2.0]
 "#,
         "synthetic",
     )
@@ -486,6 +498,24 @@ keys = 10
                     precision: Some(1.0),
                 }),
             }),
+            oidc: p.oidc.as_ref().map(|o| OidcResult {
+                flow: o.flow.name().into(),
+                issuer: "http://127.0.0.1:9".into(),
+                tokens: 4,
+                tokens_per_s: 1.0,
+                malformed_responses: 0,
+                sampled: 2,
+                verified: 1,
+                verification_failures: BTreeMap::from([("kid_not_prepublished".to_string(), 1)]),
+                sample_overflow: 0,
+                jwks_reads: 5,
+                jwks_read_failures: 0,
+                rotations: vec![OidcRotation {
+                    at_s: 2.01,
+                    ok: true,
+                    error: None,
+                }],
+            }),
         })
         .collect();
     let checks: Vec<SloCheck> = phases
@@ -530,7 +560,7 @@ keys = 10
             dirty: true,
         },
         calibration: None,
-        profile: plan,
+        profile: plan.redacted(),
         targets: vec![TargetInfo {
             name: "ext".into(),
             kind: "external".into(),
@@ -597,7 +627,13 @@ fn schema_accepts_serde_output_and_rejects_drift() {
         "a RunResult serialized by serde does not match the schema:\n{}",
         errors.join("\n")
     );
-    assert!(base["calibration"].is_null() && base["phases"].as_array().unwrap().len() == 5);
+    assert!(base["calibration"].is_null() && base["phases"].as_array().unwrap().len() == 6);
+    assert!(base["phases"][5]["oidc"].is_object() && base["phases"][4]["oidc"].is_null());
+    assert_eq!(
+        base["profile"]["phases"][6]["oidc"]["client_secret"],
+        json!("[redacted]")
+    );
+    assert!(!base.to_string().contains("do-not-publish-me"));
     assert!(base["phases"][0]["ledger"].is_null() && base["phases"][2]["ledger"].is_object());
     assert!(base["phases"][3]["cdn"]["storm"].is_object() && base["phases"][4]["cdn"].is_object());
 
@@ -680,6 +716,28 @@ fn schema_accepts_serde_output_and_rejects_drift() {
             "cdn plan without its period",
             "/profile/phases/4/cdn",
             Box::new(|d| remove(d, "/profile/phases/4/cdn", "period_ms")),
+        ),
+        (
+            "oidc field removed",
+            "/phases/5/oidc",
+            Box::new(|d| remove(d, "/phases/5/oidc", "verification_failures")),
+        ),
+        (
+            "unknown oidc flow",
+            "/phases/5/oidc",
+            Box::new(|d| d["phases"][5]["oidc"]["flow"] = json!("implicit")),
+        ),
+        (
+            "rotation without its outcome",
+            "/phases/5/oidc",
+            Box::new(|d| remove(d, "/phases/5/oidc/rotations/0", "ok")),
+        ),
+        (
+            "client secret published",
+            "/profile/phases/5/oidc",
+            Box::new(|d| {
+                d["profile"]["phases"][5]["oidc"]["client_secret"] = json!("do-not-publish-me")
+            }),
         ),
         (
             "target process without its pid",

@@ -150,11 +150,7 @@ impl LedgerConfig {
                 )
             })
             .collect();
-        let authority = if base.port == 80 {
-            base.host.clone()
-        } else {
-            format!("{}:{}", base.host, base.port)
-        };
+        let authority = base.authority();
         let head = |path: &str| {
             format!(
                 "POST {}{path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/octet-stream\r\ncontent-length: ",
