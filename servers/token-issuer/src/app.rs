@@ -14,8 +14,9 @@ use http::header::{
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::service::Service;
+use refbench_common::h1::{FastPath, Head, Out};
 use refbench_common::http::{BodyError, read_body_limited};
 use serde::Serialize;
 
@@ -586,13 +587,26 @@ fn plain_error(status: StatusCode, error: &str, description: &str) -> Response<F
 pub type OidcFuture =
     Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
 
-impl Service<Request<Incoming>> for OidcApp {
+/// Any request body: hyper's (HTTP/2 through `serve_h1`, or `serve_http`) or the lean HTTP/1.1 server's buffered one.
+impl<B> Service<Request<B>> for OidcApp
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
     type Future = OidcFuture;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, req: Request<B>) -> Self::Future {
         let app = self.clone();
         Box::pin(async move { Ok(app.handle(req).await) })
+    }
+}
+
+/// Every request goes through [`OidcApp::handle`]: the endpoints that matter for speed take a form body, which a
+/// head-only fast path cannot see. `serve_h1` still spares them hyper's HTTP/1 dispatch.
+impl FastPath for OidcApp {
+    fn answer(&self, _head: &Head<'_>, _out: &mut Out) -> bool {
+        false
     }
 }

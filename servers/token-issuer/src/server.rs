@@ -9,7 +9,8 @@ use refbench_common::admin::{metrics_handle, serve_admin};
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
 use refbench_common::cpu::{pin_to_cpus, validate_process_flags};
-use refbench_common::http::{Limits as HttpLimits, serve_http};
+use refbench_common::h1::serve_h1;
+use refbench_common::http::Limits as HttpLimits;
 use refbench_common::shutdown::{self, Shutdown};
 use tokio::task::JoinHandle;
 
@@ -186,12 +187,17 @@ impl ServeArgs {
             cpus: process.cpus,
             http: HttpLimits {
                 max_connections: self.max_connections,
-                max_body_bytes: MAX_FORM_BODY_BYTES,
+                max_body_bytes: MAX_TRANSPORT_BODY_BYTES,
                 ..HttpLimits::default()
             },
         })
     }
 }
+
+/// Largest request body the HTTP server reads at all. It is larger than the form endpoints' own limit
+/// ([`MAX_FORM_BODY_BYTES`]) so that a body over that limit still reaches the endpoint and gets an OAuth error
+/// (RFC 6749 §5.2, status 413); only a body past this one is refused by the transport (a plain 413, unread).
+pub const MAX_TRANSPORT_BODY_BYTES: usize = 64 * 1024;
 
 /// The issuer identifier when none is configured: `http://<bound address>`. A wildcard address names no host a
 /// client could use, so it needs `--issuer`.
@@ -305,7 +311,7 @@ pub async fn start(plan: &ServePlan, shutdown: Shutdown) -> Result<Started, Oidc
         Clock::System,
         plan.admin_token.clone(),
     )?;
-    let http = tokio::spawn(serve_http(
+    let http = tokio::spawn(serve_h1(
         http,
         oidc.clone(),
         plan.http.clone(),
@@ -360,7 +366,8 @@ mod tests {
         let plan = ServeArgs::default().resolve().unwrap();
         assert_eq!(plan.config.clients.len(), 3);
         assert!(plan.admin_token.is_none());
-        assert_eq!(plan.http.max_body_bytes, MAX_FORM_BODY_BYTES);
+        assert_eq!(plan.http.max_body_bytes, MAX_TRANSPORT_BODY_BYTES);
+        assert!(MAX_TRANSPORT_BODY_BYTES > MAX_FORM_BODY_BYTES);
     }
 
     #[test]

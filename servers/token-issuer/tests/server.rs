@@ -115,6 +115,23 @@ async fn discovery_points_at_the_real_server() {
     assert!(text.contains("oidc_published_keys 2"), "{text}");
 }
 
+/// Over the socket, a form body past the endpoint's limit gets the OAuth error (not the transport's plain one); a
+/// body past the transport's own limit is refused unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_forms_get_an_oauth_error_over_the_socket() {
+    let server = start_server(ServeArgs::default()).await;
+    let addr = server.started.http_addr;
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let mut body = b"grant_type=client_credentials&scope=".to_vec();
+    body.resize(refbench_oidc::MAX_FORM_BODY_BYTES + 1, b'a');
+    let r = send(addr, Method::POST, "/token", &form, &body).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.json()["error"], "invalid_request");
+    body.resize(refbench_oidc::server::MAX_TRANSPORT_BODY_BYTES + 1, b'a');
+    let r = send(addr, Method::POST, "/token", &form, &body).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_rotation_rotates() {
     // One-second tokens and no leeway allow rotating every second (the published-key bound).
