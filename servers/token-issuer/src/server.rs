@@ -198,6 +198,7 @@ impl ServeArgs {
 /// ([`MAX_FORM_BODY_BYTES`]) so that a body over that limit still reaches the endpoint and gets an OAuth error
 /// (RFC 6749 §5.2, status 413); only a body past this one is refused by the transport (a plain 413, unread).
 pub const MAX_TRANSPORT_BODY_BYTES: usize = 64 * 1024;
+const _: () = assert!(MAX_TRANSPORT_BODY_BYTES > MAX_FORM_BODY_BYTES);
 
 /// The issuer identifier when none is configured: `http://<bound address>`. A wildcard address names no host a
 /// client could use, so it needs `--issuer`.
@@ -367,7 +368,6 @@ mod tests {
         assert_eq!(plan.config.clients.len(), 3);
         assert!(plan.admin_token.is_none());
         assert_eq!(plan.http.max_body_bytes, MAX_TRANSPORT_BODY_BYTES);
-        assert!(MAX_TRANSPORT_BODY_BYTES > MAX_FORM_BODY_BYTES);
     }
 
     #[test]
