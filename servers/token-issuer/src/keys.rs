@@ -23,7 +23,6 @@ use aws_lc_rs::signature::{
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::write::EncoderStringWriter;
 use bytes::Bytes;
 use jsonwebtoken::jwk::{
     AlgorithmParameters, CommonParameters, EllipticCurve, EllipticCurveKeyParameters,
@@ -40,6 +39,11 @@ pub const MAX_RETIRED_KEYS: usize = 14;
 /// Room reserved for a signed token: header (~110 characters with a 43-character kid), claims (~300), signature
 /// (86 for ES256/EdDSA). Tokens larger than this only cost one reallocation.
 const TOKEN_CAPACITY_BYTES: usize = 640;
+
+thread_local! {
+    /// Scratch space for a token's claims JSON (a few hundred bytes; reused, so minting does not allocate for it).
+    static CLAIMS_JSON: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// A JWS signing algorithm the ring can use.
 #[derive(
@@ -276,12 +280,15 @@ impl SigningKey {
         let mut out = String::with_capacity(TOKEN_CAPACITY_BYTES);
         out.push_str(header);
         out.push('.');
-        {
-            let mut enc = EncoderStringWriter::from_consumer(&mut out, &URL_SAFE_NO_PAD);
-            serde_json::to_writer(&mut enc, claims).map_err(|e| KeyError::Claims(e.to_string()))?;
-            // Flushes the last partial base64 block.
-            enc.into_inner();
-        }
+        // The claims are serialized whole into a per-thread buffer and encoded in one call: serde_json writes in
+        // many small pieces, and a streaming base64 writer paid a UTF-8 check and a partial-block copy per piece.
+        CLAIMS_JSON.with_borrow_mut(|json| {
+            json.clear();
+            serde_json::to_writer(&mut *json, claims)
+                .map_err(|e| KeyError::Claims(e.to_string()))?;
+            URL_SAFE_NO_PAD.encode_string(json.as_slice(), &mut out);
+            Ok::<(), KeyError>(())
+        })?;
         let signing_input_len = out.len();
         out.push('.');
         match &self.pair {
