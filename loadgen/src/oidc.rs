@@ -45,6 +45,12 @@ pub struct OidcEndpoints {
     pub jwks_host: String,
     /// Path of the JWKS.
     pub jwks_path: String,
+    /// Path (and query) of the introspection endpoint on the target, when the issuer publishes one.
+    #[serde(default)]
+    pub introspection_path: Option<String>,
+    /// Introspection phases: the access token every request asks about (obtained before the phase).
+    #[serde(default)]
+    pub subject_token: Option<String>,
 }
 
 /// The parts of a discovery document the scenario reads.
@@ -53,6 +59,8 @@ struct Discovery {
     issuer: String,
     token_endpoint: String,
     jwks_uri: String,
+    #[serde(default)]
+    introspection_endpoint: Option<String>,
 }
 
 /// Reads `{base}/.well-known/openid-configuration` (blocking; coordinator side). The token endpoint must be on
@@ -89,7 +97,26 @@ pub fn discover(
             d.jwks_uri
         ));
     }
+    let introspection_path = match &d.introspection_endpoint {
+        None => None,
+        Some(u) => {
+            let i =
+                HttpUrl::parse(u).map_err(|e| format!("discovery introspection_endpoint: {e}"))?;
+            if i.host != base.host || i.port != base.port {
+                return Err(format!(
+                    "discovery introspection_endpoint `{u}` is not on the target ({host}); loadgen loads the target only"
+                ));
+            }
+            Some(if i.prefix.is_empty() {
+                "/".into()
+            } else {
+                i.prefix
+            })
+        }
+    };
     Ok(OidcEndpoints {
+        introspection_path,
+        subject_token: None,
         issuer: d.issuer,
         token_path: if token.prefix.is_empty() {
             "/".into()
@@ -104,6 +131,57 @@ pub fn discover(
         },
         jwks_addr,
     })
+}
+
+/// Obtains one access token with the phase's client (client_credentials, blocking; coordinator side) for an
+/// introspection phase. Returns the token and its `expires_in`.
+pub fn obtain_token(
+    plan: &OidcPlan,
+    base: &HttpUrl,
+    addr: SocketAddr,
+    e: &OidcEndpoints,
+    timeout: Duration,
+) -> Result<(String, u64), String> {
+    let cc = OidcPlan {
+        flow: OidcFlow::ClientCredentials,
+        ..plan.clone()
+    };
+    let r = FormRequest::of(&cc, e);
+    let headers: Vec<(&str, &str)> = r
+        .authorization
+        .iter()
+        .map(|a| ("Authorization", a.as_str()))
+        .collect();
+    let (status, body) = procs::http_request_with(
+        addr,
+        &base.authority(),
+        "POST",
+        &r.path,
+        Some("application/x-www-form-urlencoded"),
+        &headers,
+        r.body.as_bytes(),
+        timeout,
+        MAX_OIDC_RESPONSE_BYTES as u64,
+    )
+    .map_err(|err| format!("token request: {err}"))?;
+    if status != 200 {
+        return Err(format!(
+            "token request: status {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        ));
+    }
+    #[derive(Deserialize)]
+    struct Lifetime {
+        #[serde(default)]
+        expires_in: Option<u64>,
+    }
+    let token =
+        access_token(&body).ok_or("token request: no Bearer access_token in the response")?;
+    let expires_in = serde_json::from_slice::<Lifetime>(&body)
+        .ok()
+        .and_then(|l| l.expires_in)
+        .unwrap_or(0);
+    Ok((token, expires_in))
 }
 
 /// What loadgen needs to rotate a built-in issuer's keys: the bearer secret of its `POST /admin/rotate`, made at
@@ -169,42 +247,80 @@ pub struct OidcConfig {
     pub request: Vec<u8>,
 }
 
-impl OidcConfig {
-    /// The scenario against `base` with `endpoints`.
-    pub fn new(plan: &OidcPlan, base: &HttpUrl, endpoints: OidcEndpoints) -> OidcConfig {
-        let mut body = match plan.flow {
-            OidcFlow::ClientCredentials => "grant_type=client_credentials".to_string(),
+/// A token-endpoint or introspection request, before serialization: path, `Authorization` value (Basic) and form.
+struct FormRequest {
+    path: String,
+    authorization: Option<String>,
+    body: String,
+}
+
+impl FormRequest {
+    fn of(plan: &OidcPlan, endpoints: &OidcEndpoints) -> FormRequest {
+        let (path, mut body) = match plan.flow {
+            OidcFlow::ClientCredentials => {
+                let mut body = "grant_type=client_credentials".to_string();
+                if let Some(s) = &plan.scope {
+                    body.push_str("&scope=");
+                    body.push_str(&form(s));
+                }
+                if let Some(r) = &plan.resource {
+                    body.push_str("&resource=");
+                    body.push_str(&form(r));
+                }
+                (endpoints.token_path.clone(), body)
+            }
+            OidcFlow::Introspect => (
+                endpoints
+                    .introspection_path
+                    .clone()
+                    .unwrap_or_else(|| "/introspect".into()),
+                format!(
+                    "token={}&token_type_hint=access_token",
+                    form(endpoints.subject_token.as_deref().unwrap_or(""))
+                ),
+            ),
         };
-        if let Some(s) = &plan.scope {
-            body.push_str("&scope=");
-            body.push_str(&form(s));
-        }
-        if let Some(r) = &plan.resource {
-            body.push_str("&resource=");
-            body.push_str(&form(r));
-        }
-        let mut head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\n",
-            endpoints.token_path,
-            base.authority()
-        );
-        match plan.auth {
+        let authorization = match plan.auth {
             OidcAuth::Basic => {
                 let pair = format!("{}:{}", form(&plan.client_id), form(&plan.client_secret));
-                head.push_str("Authorization: Basic ");
-                head.push_str(&base64::engine::general_purpose::STANDARD.encode(pair));
-                head.push_str("\r\n");
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ))
             }
             OidcAuth::Post => {
                 body.push_str("&client_id=");
                 body.push_str(&form(&plan.client_id));
                 body.push_str("&client_secret=");
                 body.push_str(&form(&plan.client_secret));
+                None
             }
+        };
+        FormRequest {
+            path,
+            authorization,
+            body,
         }
-        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    }
+}
+
+impl OidcConfig {
+    /// The scenario against `base` with `endpoints`.
+    pub fn new(plan: &OidcPlan, base: &HttpUrl, endpoints: OidcEndpoints) -> OidcConfig {
+        let r = FormRequest::of(plan, &endpoints);
+        let mut head = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\n",
+            r.path,
+            base.authority()
+        );
+        if let Some(a) = &r.authorization {
+            head.push_str("Authorization: ");
+            head.push_str(a);
+            head.push_str("\r\n");
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", r.body.len()));
         let mut request = head.into_bytes();
-        request.extend_from_slice(body.as_bytes());
+        request.extend_from_slice(r.body.as_bytes());
         OidcConfig {
             plan: plan.clone(),
             endpoints,
@@ -243,6 +359,12 @@ pub struct OidcTotals {
     pub jwks_reads: u64,
     /// Failed JWKS reads.
     pub jwks_read_failures: u64,
+    /// Introspection phases: status-200 answers saying `active: true`.
+    #[serde(default)]
+    pub introspected_active: u64,
+    /// Introspection phases: answers saying `active: false` (the token is valid, so each is a failure).
+    #[serde(default)]
+    pub introspected_inactive: u64,
 }
 
 impl OidcTotals {
@@ -258,6 +380,8 @@ impl OidcTotals {
         }
         self.jwks_reads += o.jwks_reads;
         self.jwks_read_failures += o.jwks_read_failures;
+        self.introspected_active += o.introspected_active;
+        self.introspected_inactive += o.introspected_inactive;
     }
 
     fn fail(&mut self, why: &str) {
@@ -283,6 +407,25 @@ pub fn access_token(body: &[u8]) -> Option<String> {
 pub fn looks_like_token_response(body: &[u8]) -> bool {
     let find = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
     body.first() == Some(&b'{') && find(b"\"access_token\"") && find(b"\"token_type\"")
+}
+
+/// The `active` member of an introspection response (RFC 7662 §2.2), found without parsing the whole document:
+/// `Some(true)` / `Some(false)`, or `None` when the body has no boolean `active`.
+pub fn introspection_active(body: &[u8]) -> Option<bool> {
+    const KEY: &[u8] = b"\"active\"";
+    let at = body.windows(KEY.len()).position(|w| w == KEY)?;
+    let rest = &body[at + KEY.len()..];
+    let rest = rest
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start();
+    if rest.starts_with(b"true") {
+        Some(true)
+    } else if rest.starts_with(b"false") {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// Per-lane sampling: every `verify_every`-th token of the lane is kept (deterministic, so runs compare).

@@ -510,6 +510,9 @@ pub struct PhasePlan {
 pub enum OidcFlow {
     /// `grant_type=client_credentials` (RFC 6749 §4.4): one request, one access token.
     ClientCredentials,
+    /// Token introspection (RFC 7662): every request asks the introspection endpoint about one access token that
+    /// loadgen obtained (client_credentials) before the phase; it must stay active throughout, rotations included.
+    Introspect,
 }
 
 impl OidcFlow {
@@ -517,6 +520,7 @@ impl OidcFlow {
     pub fn name(self) -> &'static str {
         match self {
             OidcFlow::ClientCredentials => "client_credentials",
+            OidcFlow::Introspect => "introspect",
         }
     }
 }
@@ -571,13 +575,29 @@ pub struct OidcPlan {
 fn resolve_oidc(f: &str, o: &OidcSection, duration_s: f64) -> Result<OidcPlan, ProfileError> {
     let flow = match o.flow.as_deref().unwrap_or("client_credentials") {
         "client_credentials" => OidcFlow::ClientCredentials,
+        "introspect" => OidcFlow::Introspect,
         other => {
             return Err(ProfileError::invalid(
                 format!("{f}.flow"),
-                format!("`{other}`: use \"client_credentials\""),
+                format!("`{other}`: use \"client_credentials\" or \"introspect\""),
             ));
         }
     };
+    if flow == OidcFlow::Introspect {
+        // Introspection issues no tokens, so there is nothing to sample.
+        for (k, set) in [
+            ("verify_every", o.verify_every.is_some()),
+            ("max_verified", o.max_verified.is_some()),
+            ("jwks_refresh_ms", o.jwks_refresh_ms.is_some()),
+        ] {
+            if set {
+                return Err(ProfileError::invalid(
+                    format!("{f}.{k}"),
+                    "only for flow = \"client_credentials\" (introspection issues no tokens to verify)",
+                ));
+            }
+        }
+    }
     let auth = match o.auth.as_deref().unwrap_or("basic") {
         "basic" => OidcAuth::Basic,
         "post" => OidcAuth::Post,
@@ -628,7 +648,10 @@ fn resolve_oidc(f: &str, o: &OidcSection, duration_s: f64) -> Result<OidcPlan, P
             ));
         }
     };
-    let verify_every = o.verify_every.unwrap_or(20);
+    let verify_every = match flow {
+        OidcFlow::ClientCredentials => o.verify_every.unwrap_or(20),
+        OidcFlow::Introspect => 0,
+    };
     let max_verified = o.max_verified.unwrap_or(5000);
     if max_verified > MAX_OIDC_VERIFIED {
         return Err(ProfileError::invalid(
@@ -677,15 +700,22 @@ fn resolve_oidc(f: &str, o: &OidcSection, duration_s: f64) -> Result<OidcPlan, P
     })
 }
 
-/// The path of the built-in issuer's token endpoint; an external issuer's comes from its discovery document.
+/// The paths of the built-in issuer's token and introspection endpoints; an external issuer's come from its
+/// discovery document.
 pub const OIDC_TOKEN_PATH: &str = "/token";
+/// See [`OIDC_TOKEN_PATH`].
+pub const OIDC_INTROSPECT_PATH: &str = "/introspect";
 
 /// The request an OIDC phase sends, as shown in the plan (the body is built from the scenario).
 pub fn oidc_request(o: &OidcPlan) -> RequestPlan {
+    let (name, path) = match o.flow {
+        OidcFlow::ClientCredentials => ("POST token (client_credentials)", OIDC_TOKEN_PATH),
+        OidcFlow::Introspect => ("POST introspect", OIDC_INTROSPECT_PATH),
+    };
     RequestPlan {
-        name: format!("POST token ({})", o.flow.name()),
+        name: name.into(),
         method: "POST".into(),
-        path: OIDC_TOKEN_PATH.into(),
+        path: path.into(),
         weight: 1,
         body: String::new(),
         headers: BTreeMap::from([(

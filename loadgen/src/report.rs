@@ -160,6 +160,49 @@ pub fn summary(r: &RunResult) -> String {
             );
         }
     }
+    let oidc: Vec<_> = r
+        .phases
+        .iter()
+        .filter_map(|p| p.oidc.as_ref().map(|o| (p, o)))
+        .collect();
+    if !oidc.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "{:<22} {:>18} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  check",
+            "oidc phase",
+            "flow",
+            "tokens",
+            "tokens/s",
+            "sampled",
+            "verified",
+            "active",
+            "rotations"
+        );
+        for (p, o) in oidc {
+            let failed: u64 = o.verification_failures.values().sum::<u64>()
+                + o.malformed_responses
+                + o.introspected_inactive
+                + o.rotations.iter().filter(|x| !x.ok).count() as u64;
+            let check = if failed == 0 {
+                "ok".to_string()
+            } else {
+                format!("FAILED: {failed} (see correctness)")
+            };
+            let _ = writeln!(
+                s,
+                "{:<22} {:>18} {:>9} {:>9.0} {:>9} {:>9} {:>9} {:>9}  {check}",
+                truncate(&p.name, 22),
+                o.flow,
+                o.tokens,
+                o.tokens_per_s,
+                o.sampled,
+                o.verified,
+                o.introspected_active,
+                o.rotations.len(),
+            );
+        }
+    }
     if let Some(c) = &r.calibration {
         let _ = writeln!(
             s,
@@ -196,16 +239,22 @@ pub fn summary(r: &RunResult) -> String {
             .phases
             .iter()
             .any(|p| p.cdn.as_ref().is_some_and(|c| c.storm.is_some()));
-        let what = match (ledger, storm) {
-            (true, true) => {
-                Some("every ledger check and every storm's one-fetch-per-key check passed")
-            }
-            (true, false) => Some("every ledger check passed"),
-            (false, true) => Some("every storm's one-fetch-per-key check passed"),
-            (false, false) => None,
-        };
-        if let Some(w) = what {
-            let _ = writeln!(s, "correctness: {w}");
+        let oidc = r.phases.iter().any(|p| p.oidc.is_some());
+        let checks: Vec<&str> = [
+            (ledger, "every ledger check"),
+            (storm, "every storm's one-fetch-per-key check"),
+            (oidc, "every OIDC token check"),
+        ]
+        .into_iter()
+        .filter_map(|(ran, what)| ran.then_some(what))
+        .collect();
+        if let Some((last, rest)) = checks.split_last() {
+            let what = if rest.is_empty() {
+                last.to_string()
+            } else {
+                format!("{} and {last}", rest.join(", "))
+            };
+            let _ = writeln!(s, "correctness: {what} passed");
         }
     }
     if r.slo.checks.is_empty() {

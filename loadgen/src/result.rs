@@ -273,7 +273,7 @@ pub struct PhaseResult {
 /// What an OIDC phase measured: tokens issued, and how the sampled ones fared against the published JWKS.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OidcResult {
-    /// `client_credentials`.
+    /// `client_credentials` or `introspect`.
     pub flow: String,
     /// The issuer the tokens must name (`iss`), from its discovery document.
     pub issuer: String,
@@ -295,6 +295,10 @@ pub struct OidcResult {
     pub jwks_reads: u64,
     /// Failed JWKS reads.
     pub jwks_read_failures: u64,
+    /// Introspection phases: answers saying the token is active.
+    pub introspected_active: u64,
+    /// Introspection phases: answers saying it is not (each is a correctness failure: the token is valid).
+    pub introspected_inactive: u64,
     /// Key rotations loadgen asked for during the phase.
     pub rotations: Vec<OidcRotation>,
 }

@@ -17,7 +17,7 @@ use crate::ledger::check::{self, Balances, LedgerTarget};
 use crate::oidc::{self as oidcmod, OidcEndpoints, OidcTotals};
 use crate::plan::{
     self, Arrival, CalibrationPlan, CdnPlan, CdnTopology, CdnWorkload, Env, HttpUrl, HttpVersion,
-    LedgerPlan, LoadModel, OidcPlan, PhasePlan, Plan, RequestPlan, TargetKind,
+    LedgerPlan, LoadModel, OidcFlow, OidcPlan, PhasePlan, Plan, RequestPlan, TargetKind,
 };
 use crate::procs::{self, Sampler, ServerProc, WorkerLine};
 use crate::profile::{Profile, SloSection, TargetSection};
@@ -1035,7 +1035,12 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
             cdn_prepare(c, target)?;
         }
         let oidc_endpoints = match &phase.oidc {
-            Some(o) => Some(oidc_prepare(o, target, plan.limits.request_timeout_ms)?),
+            Some(o) => Some(oidc_prepare(
+                o,
+                target,
+                plan.limits.request_timeout_ms,
+                phase.duration_s,
+            )?),
             None => None,
         };
         let run = run_phase(&mut ctx, phase, target, &label, oidc_endpoints.as_ref());
@@ -1303,6 +1308,7 @@ fn oidc_prepare(
     o: &OidcPlan,
     t: &LiveTarget,
     request_timeout_ms: u64,
+    duration_s: f64,
 ) -> Result<OidcEndpoints, RunError> {
     let err =
         |reason: String| RunError::io(format!("target {}", t.name), std::io::Error::other(reason));
@@ -1312,12 +1318,25 @@ fn oidc_prepare(
         ));
     }
     let base = HttpUrl::parse(&t.url).map_err(err)?;
-    oidcmod::discover(
-        &base,
-        t.addr,
-        Duration::from_millis(request_timeout_ms).max(Duration::from_secs(5)),
-    )
-    .map_err(err)
+    let timeout = Duration::from_millis(request_timeout_ms).max(Duration::from_secs(5));
+    let mut e = oidcmod::discover(&base, t.addr, timeout).map_err(err)?;
+    if o.flow == OidcFlow::Introspect {
+        if e.introspection_path.is_none() {
+            return Err(err(
+                "the issuer's discovery document names no introspection_endpoint".into(),
+            ));
+        }
+        let (token, expires_in) =
+            oidcmod::obtain_token(o, &base, t.addr, &e, timeout).map_err(err)?;
+        // The token must outlive the phase, or late requests would rightly be told it is inactive.
+        if (expires_in as f64) < duration_s + 5.0 {
+            return Err(err(format!(
+                "the issuer's access tokens live {expires_in} s, less than the introspection phase ({duration_s} s) and a margin"
+            )));
+        }
+        e.subject_token = Some(token);
+    }
+    Ok(e)
 }
 
 /// After an OIDC phase: merges the loaders' token counts and verification outcomes; every malformed response,
@@ -1343,6 +1362,15 @@ fn oidc_finish(
     }
     for (why, n) in &totals.failures {
         failures.push(format!("{n} sampled tokens failed verification: {why}"));
+    }
+    if totals.introspected_inactive > 0 {
+        failures.push(format!(
+            "{} introspections called the phase's valid token inactive",
+            totals.introspected_inactive
+        ));
+    }
+    if o.flow == OidcFlow::Introspect && totals.introspected_active == 0 {
+        failures.push("no introspection answered active".into());
     }
     if o.verify_every > 0 && totals.tokens > 0 && totals.sampled == 0 {
         failures.push("tokens were issued but none was sampled for verification".into());
@@ -1386,6 +1414,8 @@ fn oidc_finish(
         sample_overflow: totals.sample_overflow,
         jwks_reads: totals.jwks_reads,
         jwks_read_failures: totals.jwks_read_failures,
+        introspected_active: totals.introspected_active,
+        introspected_inactive: totals.introspected_inactive,
         rotations,
     };
     (result, failures)

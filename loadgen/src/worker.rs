@@ -41,7 +41,7 @@ use crate::oidc::{
     OidcTotals, Sample,
 };
 use crate::pacer::Pacer;
-use crate::plan::{HttpUrl, HttpVersion, Limits, LoadModel, PhasePlan};
+use crate::plan::{HttpUrl, HttpVersion, Limits, LoadModel, OidcFlow, PhasePlan};
 use crate::schedule::{LaneSchedule, MixPicker, mix_seed};
 
 /// Prefix of progress lines on a loader's stdout.
@@ -992,7 +992,13 @@ async fn run_lane(
             {
                 // Only sampled responses are parsed whole (the loader's CPU is part of the measurement); the others
                 // are checked for the two members every token response has.
-                if lo.take_sample(cfg.plan.verify_every) {
+                if cfg.plan.flow == OidcFlow::Introspect {
+                    match oidcmod::introspection_active(&lo.response) {
+                        Some(true) => totals.introspected_active += 1,
+                        Some(false) => totals.introspected_inactive += 1,
+                        None => totals.malformed_responses += 1,
+                    }
+                } else if lo.take_sample(cfg.plan.verify_every) {
                     match oidcmod::access_token(&lo.response) {
                         Some(token) => {
                             totals.tokens += 1;

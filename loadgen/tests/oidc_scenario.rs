@@ -1,6 +1,7 @@
 //! The OIDC scenario end to end, as a user runs it: `loadgen run` starts the built-in token-issuer, asks it for
 //! client_credentials tokens (client_secret_basic, then client_secret_post with a scope and a resource) while
-//! rotating its signing key twice, and verifies every token against the JWKS a relying party would have held. The
+//! rotating its signing key twice, and verifies every token against the JWKS a relying party would have held; then
+//! introspects one token across a rotation (it must stay active). The
 //! check must be able to fail: a relying party that re-reads the JWKS less often than the keys rotate meets tokens
 //! signed by keys it has never seen, and the run exits 1.
 
@@ -42,6 +43,17 @@ auth = "post"
 scope = "write read"
 resource = "https://reports.refbench.test"
 verify_every = 2
+
+[[phases]]
+name = "introspect"
+target = "oidc"
+model = "open"
+rate_rps = 300
+duration_s = 1.5
+connections = 2
+[phases.oidc]
+flow = "introspect"
+rotate_at_s = [0.5]
 "#
     )
 }
@@ -100,6 +112,15 @@ fn tokens_verify_against_the_jwks_across_key_rotations() {
         serde_json::json!({}),
         "{post:#}"
     );
+
+    // One token obtained before the phase stays active through a rotation.
+    let intro = &phase(&result, "introspect")["oidc"];
+    assert_eq!(intro["flow"], "introspect");
+    assert!(u(&intro["introspected_active"]) > 300, "{intro:#}");
+    assert_eq!(u(&intro["introspected_inactive"]), 0, "{intro:#}");
+    assert_eq!(u(&intro["malformed_responses"]), 0, "{intro:#}");
+    assert_eq!(u(&intro["tokens"]), 0, "{intro:#}");
+    assert_eq!(intro["rotations"][0]["ok"], true, "{intro:#}");
 }
 
 #[test]

@@ -89,6 +89,8 @@ fn config(scope: Option<&str>) -> OidcConfig {
         jwks_addr: "127.0.0.1:9".parse().unwrap(),
         jwks_host: "127.0.0.1:9".into(),
         jwks_path: "/jwks".into(),
+        introspection_path: Some("/introspect".into()),
+        subject_token: None,
     };
     OidcConfig::new(
         &plan,
@@ -262,4 +264,21 @@ fn the_token_request_is_built_once_per_auth_method() {
         text.contains(&format!("Content-Length: {body_len}\r\n")),
         "{text}"
     );
+}
+
+#[test]
+fn introspection_answers_are_read_without_parsing_the_document() {
+    use refbench_loadgen::oidc::introspection_active;
+    assert_eq!(
+        introspection_active(br#"{"active":true,"sub":"x"}"#),
+        Some(true)
+    );
+    assert_eq!(
+        introspection_active(br#"{"sub":"x", "active" : false}"#),
+        Some(false)
+    );
+    assert_eq!(introspection_active(b"{\"active\":\n true}"), Some(true));
+    assert_eq!(introspection_active(br#"{"active":"true"}"#), None);
+    assert_eq!(introspection_active(br#"{"error":"invalid_client"}"#), None);
+    assert_eq!(introspection_active(b""), None);
 }

@@ -707,6 +707,10 @@ fn oidc_defaults_and_choices() {
     );
     assert!(o.scope.is_none() && o.resource.is_none() && o.rotate_at_s.is_empty());
     assert_eq!(plan.phases[0].requests[0].method, "POST");
+    let intro = resolve(&oidc_profile("flow = \"introspect\"\nrotate_at_s = [5]"));
+    let o = intro.phases[0].oidc.as_ref().unwrap();
+    assert_eq!((o.flow, o.verify_every), (plan::OidcFlow::Introspect, 0));
+    assert_eq!(intro.phases[0].requests[0].path, plan::OIDC_INTROSPECT_PATH);
 
     let plan = resolve(&oidc_profile(
         "auth = \"post\"\nclient_id = \"c\"\nclient_secret = \"s3cret\"\nscope = \"read write\"\nrotate_at_s = [1, 2.5]",
@@ -743,6 +747,10 @@ fn oidc_refusals_name_their_field() {
         ("rotate_at_s = [10]", "phases[0].oidc.rotate_at_s[0]"),
         ("rotate_at_s = [0]", "phases[0].oidc.rotate_at_s[0]"),
         ("rotate_at_s = [3, 2]", "phases[0].oidc.rotate_at_s[1]"),
+        (
+            "flow = \"introspect\"\nverify_every = 5",
+            "phases[0].oidc.verify_every",
+        ),
     ] {
         assert_eq!(
             refused_field(&oidc_profile(oidc), two_cpus()),

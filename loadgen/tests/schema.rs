@@ -510,6 +510,8 @@ rotate_at_s = [2.0]
                 sample_overflow: 0,
                 jwks_reads: 5,
                 jwks_read_failures: 0,
+                introspected_active: 0,
+                introspected_inactive: 0,
                 rotations: vec![OidcRotation {
                     at_s: 2.01,
                     ok: true,
