@@ -246,6 +246,29 @@ impl Conn {
         }
     }
 
+    /// [`Conn::send_raw`] that also copies the response's `Location` header into `location` (empty when absent).
+    pub async fn send_raw_location(
+        &mut self,
+        request: &[u8],
+        body: &mut Vec<u8>,
+        location: &mut Vec<u8>,
+        max_body: usize,
+    ) -> Result<Exchange, ClientError> {
+        match self {
+            Conn::H1(c) => {
+                let r = c
+                    .send_collect_location(request, body, location, max_body)
+                    .await?;
+                Ok(Exchange {
+                    status: StatusCode::from_u16(r.status).map_err(|_| ClientError::Io)?,
+                    body_bytes: r.body_bytes,
+                    cache: r.cache,
+                })
+            }
+            Conn::H2(_) => Err(ClientError::BadRequest),
+        }
+    }
+
     /// Sends a complete serialized HTTP/1.1 request built per send (the CDN scenario's generated paths) and
     /// drains the response body. HTTP/1.1 only: HTTP/2 connections refuse with [`ClientError::BadRequest`].
     pub async fn send_h1(&mut self, request: &[u8]) -> Result<Exchange, ClientError> {

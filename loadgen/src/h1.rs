@@ -80,7 +80,14 @@ impl CacheClass {
 /// Where response body bytes go. The static-template path discards them ([`Discard`] compiles to nothing); the
 /// dynamic path collects them, bounded.
 trait BodySink {
+    /// Whether [`BodySink::location`] wants the `Location` header (a constant, so sinks that do not want it pay
+    /// nothing per header).
+    const WANTS_LOCATION: bool = false;
+
     fn put(&mut self, bytes: &[u8]) -> Result<(), ClientError>;
+
+    /// The response's `Location` value (only called when [`BodySink::WANTS_LOCATION`]).
+    fn location(&mut self, _value: &[u8]) {}
 }
 
 struct Discard;
@@ -95,6 +102,26 @@ impl BodySink for Discard {
 struct Collect<'a> {
     out: &'a mut Vec<u8>,
     limit: usize,
+}
+
+/// [`Collect`] that also keeps the `Location` header (redirect-driven flows such as OAuth's `/authorize`).
+struct CollectWithLocation<'a> {
+    body: Collect<'a>,
+    location: &'a mut Vec<u8>,
+}
+
+impl BodySink for CollectWithLocation<'_> {
+    const WANTS_LOCATION: bool = true;
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.body.put(bytes)
+    }
+
+    fn location(&mut self, value: &[u8]) {
+        // Bounded by the head size limit the parser already enforces.
+        self.location.clear();
+        self.location.extend_from_slice(value);
+    }
 }
 
 impl BodySink for Collect<'_> {
@@ -183,6 +210,28 @@ impl H1Conn {
             .await
     }
 
+    /// [`H1Conn::send_collect`] that also copies the response's `Location` header into `location` (cleared first;
+    /// left empty when there is none).
+    pub async fn send_collect_location(
+        &mut self,
+        request: &[u8],
+        body: &mut Vec<u8>,
+        location: &mut Vec<u8>,
+        max_body: usize,
+    ) -> Result<H1Response, ClientError> {
+        body.clear();
+        location.clear();
+        let mut sink = CollectWithLocation {
+            body: Collect {
+                out: body,
+                limit: max_body,
+            },
+            location,
+        };
+        self.exchange(request, false, max_body as u64, &mut sink)
+            .await
+    }
+
     async fn exchange<S: BodySink>(
         &mut self,
         request: &[u8],
@@ -240,6 +289,8 @@ impl H1Conn {
                                 if h.value.to_ascii_lowercase().ends_with(b"chunked") {
                                     framing = Framing::Chunked;
                                 }
+                            } else if S::WANTS_LOCATION && h.name.eq_ignore_ascii_case("location") {
+                                sink.location(h.value);
                             } else if h.name.eq_ignore_ascii_case("connection") {
                                 let v = h.value.to_ascii_lowercase();
                                 if v.windows(5).any(|w| w == b"close") {

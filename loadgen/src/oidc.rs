@@ -22,6 +22,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::client::{ClientError, Conn, Exchange};
 use crate::plan::{HttpUrl, OidcAuth, OidcFlow, OidcPlan};
 use crate::procs;
 
@@ -51,6 +52,12 @@ pub struct OidcEndpoints {
     /// Introspection phases: the access token every request asks about (obtained before the phase).
     #[serde(default)]
     pub subject_token: Option<String>,
+    /// Path of the authorization endpoint on the target, when the issuer publishes one.
+    #[serde(default)]
+    pub authorization_path: Option<String>,
+    /// User flows: the `Cookie` header value of the session the coordinator's login opened.
+    #[serde(default)]
+    pub session_cookie: Option<String>,
 }
 
 /// The parts of a discovery document the scenario reads.
@@ -61,6 +68,8 @@ struct Discovery {
     jwks_uri: String,
     #[serde(default)]
     introspection_endpoint: Option<String>,
+    #[serde(default)]
+    authorization_endpoint: Option<String>,
 }
 
 /// Reads `{base}/.well-known/openid-configuration` (blocking; coordinator side). The token endpoint must be on
@@ -97,25 +106,26 @@ pub fn discover(
             d.jwks_uri
         ));
     }
-    let introspection_path = match &d.introspection_endpoint {
-        None => None,
-        Some(u) => {
-            let i =
-                HttpUrl::parse(u).map_err(|e| format!("discovery introspection_endpoint: {e}"))?;
-            if i.host != base.host || i.port != base.port {
-                return Err(format!(
-                    "discovery introspection_endpoint `{u}` is not on the target ({host}); loadgen loads the target only"
-                ));
-            }
-            Some(if i.prefix.is_empty() {
-                "/".into()
-            } else {
-                i.prefix
-            })
+    let on_target = |name: &str, u: &Option<String>| -> Result<Option<String>, String> {
+        let Some(u) = u else { return Ok(None) };
+        let i = HttpUrl::parse(u).map_err(|e| format!("discovery {name}: {e}"))?;
+        if i.host != base.host || i.port != base.port {
+            return Err(format!(
+                "discovery {name} `{u}` is not on the target ({host}); loadgen loads the target only"
+            ));
         }
+        Ok(Some(if i.prefix.is_empty() {
+            "/".into()
+        } else {
+            i.prefix
+        }))
     };
+    let introspection_path = on_target("introspection_endpoint", &d.introspection_endpoint)?;
+    let authorization_path = on_target("authorization_endpoint", &d.authorization_endpoint)?;
     Ok(OidcEndpoints {
         introspection_path,
+        authorization_path,
+        session_cookie: None,
         subject_token: None,
         issuer: d.issuer,
         token_path: if token.prefix.is_empty() {
@@ -245,6 +255,44 @@ pub struct OidcConfig {
     pub endpoints: OidcEndpoints,
     /// The whole serialized token request: the same bytes for every send of a client_credentials phase.
     pub request: Vec<u8>,
+    /// `Host` header value.
+    host: String,
+    /// Client authentication: the `Authorization` value (Basic) or the form suffix (post).
+    client_auth: ClientAuth,
+}
+
+/// How one request carries the client's credentials.
+#[derive(Debug, Clone)]
+struct ClientAuth {
+    /// `Basic ...` for client_secret_basic.
+    header: Option<String>,
+    /// `&client_id=...&client_secret=...` for client_secret_post.
+    body_suffix: String,
+}
+
+impl ClientAuth {
+    fn of(plan: &OidcPlan) -> ClientAuth {
+        match plan.auth {
+            OidcAuth::Basic => {
+                let pair = format!("{}:{}", form(&plan.client_id), form(&plan.client_secret));
+                ClientAuth {
+                    header: Some(format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(pair)
+                    )),
+                    body_suffix: String::new(),
+                }
+            }
+            OidcAuth::Post => ClientAuth {
+                header: None,
+                body_suffix: format!(
+                    "&client_id={}&client_secret={}",
+                    form(&plan.client_id),
+                    form(&plan.client_secret)
+                ),
+            },
+        }
+    }
 }
 
 /// A token-endpoint or introspection request, before serialization: path, `Authorization` value (Basic) and form.
@@ -257,7 +305,8 @@ struct FormRequest {
 impl FormRequest {
     fn of(plan: &OidcPlan, endpoints: &OidcEndpoints) -> FormRequest {
         let (path, mut body) = match plan.flow {
-            OidcFlow::ClientCredentials => {
+            // The user flows build their requests per send; this is the first token request's shape only.
+            OidcFlow::ClientCredentials | OidcFlow::AuthorizationCode | OidcFlow::RefreshToken => {
                 let mut body = "grant_type=client_credentials".to_string();
                 if let Some(s) = &plan.scope {
                     body.push_str("&scope=");
@@ -280,25 +329,11 @@ impl FormRequest {
                 ),
             ),
         };
-        let authorization = match plan.auth {
-            OidcAuth::Basic => {
-                let pair = format!("{}:{}", form(&plan.client_id), form(&plan.client_secret));
-                Some(format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                ))
-            }
-            OidcAuth::Post => {
-                body.push_str("&client_id=");
-                body.push_str(&form(&plan.client_id));
-                body.push_str("&client_secret=");
-                body.push_str(&form(&plan.client_secret));
-                None
-            }
-        };
+        let auth = ClientAuth::of(plan);
+        body.push_str(&auth.body_suffix);
         FormRequest {
             path,
-            authorization,
+            authorization: auth.header,
             body,
         }
     }
@@ -325,8 +360,257 @@ impl OidcConfig {
             plan: plan.clone(),
             endpoints,
             request,
+            host: base.authority(),
+            client_auth: ClientAuth::of(plan),
         }
     }
+
+    /// Serializes `POST {token endpoint}` with form `params` (already encoded) and the client's credentials
+    /// into `out`.
+    fn token_post(&self, params: &str, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        out.clear();
+        let len = params.len() + self.client_auth.body_suffix.len();
+        let _ = write!(
+            out,
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\n",
+            self.endpoints.token_path, self.host
+        );
+        if let Some(a) = &self.client_auth.header {
+            let _ = write!(out, "Authorization: {a}\r\n");
+        }
+        let _ = write!(out, "Content-Length: {len}\r\n\r\n");
+        out.extend_from_slice(params.as_bytes());
+        out.extend_from_slice(self.client_auth.body_suffix.as_bytes());
+    }
+
+    /// Serializes `GET {authorization endpoint}?...` for one code flow (with the session cookie) into `out`.
+    fn authorize_get(&self, p: &Pkce, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        out.clear();
+        let path = self
+            .endpoints
+            .authorization_path
+            .as_deref()
+            .unwrap_or("/authorize");
+        let _ = write!(
+            out,
+            "GET {path}{}{}",
+            if path.contains('?') { '&' } else { '?' },
+            authorize_query(&self.plan, p)
+        );
+        let _ = write!(out, " HTTP/1.1\r\nHost: {}\r\n", self.host);
+        if let Some(c) = &self.endpoints.session_cookie {
+            let _ = write!(out, "Cookie: {c}\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// One code flow's secrets: the PKCE verifier and its S256 challenge, `state` and `nonce`.
+#[derive(Debug, Clone)]
+pub struct Pkce {
+    /// `code_verifier`: 43 characters (32 random bytes, base64url).
+    pub verifier: String,
+    /// `code_challenge` = base64url(SHA-256(verifier)) (RFC 7636 §4.2).
+    pub challenge: String,
+    /// `state` (16 random bytes).
+    pub state: String,
+    /// `nonce` (16 random bytes), echoed in the ID token.
+    pub nonce: String,
+}
+
+impl Pkce {
+    /// Fresh values from `rng` (a load generator's flow, not a real client's secret: a seeded PRNG is enough).
+    pub fn new<R: rand::Rng>(rng: &mut R) -> Pkce {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let verifier = b64.encode(rng.random::<[u8; 32]>());
+        let challenge = s256(&verifier);
+        Pkce {
+            verifier,
+            challenge,
+            state: b64.encode(rng.random::<[u8; 16]>()),
+            nonce: b64.encode(rng.random::<[u8; 16]>()),
+        }
+    }
+}
+
+/// The S256 `code_challenge` of a verifier: base64url(SHA-256(ASCII(verifier))) (RFC 7636 §4.2).
+pub fn s256(verifier: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        verifier.as_bytes(),
+    ))
+}
+
+/// The authorization request's query (OpenID Connect Core §3.1.2.1, RFC 7636 §4.3).
+fn authorize_query(plan: &OidcPlan, p: &Pkce) -> String {
+    let mut q = format!(
+        "response_type=code&client_id={}&redirect_uri={}",
+        form(&plan.client_id),
+        form(plan.redirect_uri.as_deref().unwrap_or(""))
+    );
+    if let Some(s) = &plan.scope {
+        q.push_str("&scope=");
+        q.push_str(&form(s));
+    }
+    q.push_str(&format!(
+        "&state={}&nonce={}&code_challenge={}&code_challenge_method=S256",
+        p.state, p.nonce, p.challenge
+    ));
+    q
+}
+
+/// What a redirect back from `/authorize` carried.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Redirect {
+    /// A code, with `state` and `iss` checked.
+    Code(String),
+    /// The failed check, or the `error` the issuer sent back.
+    Refused(&'static str),
+}
+
+/// Reads the `Location` of an authorization response (RFC 6749 §4.1.2, RFC 9207): it must go to the redirect URI
+/// and carry a `code`, the flow's `state`, and (when present) this issuer as `iss`.
+pub fn parse_redirect(location: &[u8], redirect_uri: &str, p: &Pkce, issuer: &str) -> Redirect {
+    let Ok(location) = std::str::from_utf8(location) else {
+        return Redirect::Refused("redirect_not_utf8");
+    };
+    let Some(query) = location
+        .strip_prefix(redirect_uri)
+        .and_then(|r| r.strip_prefix('?'))
+    else {
+        return Redirect::Refused("redirect_to_wrong_uri");
+    };
+    let (mut code, mut state, mut iss, mut error) = (None, None, None, false);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "code" => code = Some(v.into_owned()),
+            "state" => state = Some(v),
+            "iss" => iss = Some(v),
+            "error" => error = true,
+            _ => {}
+        }
+    }
+    if error {
+        return Redirect::Refused("authorize_error");
+    }
+    if state.as_deref() != Some(p.state.as_str()) {
+        return Redirect::Refused("state_mismatch");
+    }
+    if iss.is_some_and(|i| i != issuer) {
+        return Redirect::Refused("wrong_iss_in_redirect");
+    }
+    match code {
+        Some(c) if !c.is_empty() => Redirect::Code(c),
+        _ => Redirect::Refused("redirect_without_code"),
+    }
+}
+
+/// The hidden `request` field of the built-in issuer's login form (see `servers/token-issuer/API.md`).
+pub fn login_request_id(html: &str) -> Option<String> {
+    html.split("<input").skip(1).find_map(|tag| {
+        let tag = tag.split('>').next()?;
+        if !tag.contains("name=\"request\"") {
+            return None;
+        }
+        let v = tag.split("value=\"").nth(1)?.split('"').next()?;
+        Some(
+            v.replace("&quot;", "\"")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&#39;", "'")
+                .replace("&amp;", "&"),
+        )
+    })
+}
+
+/// Logs the phase's user in once (coordinator side, blocking) through the built-in issuer's login form:
+/// `GET /authorize` (no session: the form), `POST /login` (a redirect with a code and the session cookie).
+/// Returns the `Cookie` value that later authorization requests carry, so every flow of the phase rides one
+/// session, as single sign-on does.
+pub fn login(
+    plan: &OidcPlan,
+    base: &HttpUrl,
+    addr: SocketAddr,
+    e: &OidcEndpoints,
+    timeout: Duration,
+) -> Result<String, String> {
+    let host = base.authority();
+    let auth_path = e
+        .authorization_path
+        .as_deref()
+        .ok_or("the issuer's discovery document names no authorization_endpoint")?;
+    let p = Pkce::new(&mut rand::rng());
+    let path = format!("{auth_path}?{}", authorize_query(plan, &p));
+    let r = procs::http_exchange(
+        addr,
+        &host,
+        "GET",
+        &path,
+        None,
+        &[],
+        b"",
+        timeout,
+        MAX_DOC_BYTES,
+    )
+    .map_err(|err| format!("authorize: {err}"))?;
+    if r.status != 200 {
+        return Err(format!(
+            "authorize without a session: status {} (expected the login form): {}",
+            r.status,
+            String::from_utf8_lossy(&r.body).trim()
+        ));
+    }
+    let request = login_request_id(&String::from_utf8_lossy(&r.body))
+        .ok_or("the login form has no hidden `request` field")?;
+    let body = format!(
+        "request={}&username={}&password={}",
+        form(&request),
+        form(plan.username.as_deref().unwrap_or("")),
+        form(plan.password.as_deref().unwrap_or(""))
+    );
+    let r = procs::http_exchange(
+        addr,
+        &host,
+        "POST",
+        "/login",
+        Some("application/x-www-form-urlencoded"),
+        &[],
+        body.as_bytes(),
+        timeout,
+        MAX_DOC_BYTES,
+    )
+    .map_err(|err| format!("login: {err}"))?;
+    if r.status != 302 && r.status != 303 {
+        return Err(format!(
+            "login as {}: status {}: {}",
+            plan.username.as_deref().unwrap_or(""),
+            r.status,
+            String::from_utf8_lossy(&r.body).trim()
+        ));
+    }
+    let location = r.header("location").unwrap_or("");
+    if let Redirect::Refused(why) = parse_redirect(
+        location.as_bytes(),
+        plan.redirect_uri.as_deref().unwrap_or(""),
+        &p,
+        &e.issuer,
+    ) {
+        return Err(format!("login redirect `{location}`: {why}"));
+    }
+    let cookie = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "set-cookie")
+        .filter_map(|(_, v)| v.split(';').next())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if cookie.is_empty() {
+        return Err("login answered without a session cookie".into());
+    }
+    Ok(cookie)
 }
 
 /// A token kept for verification, with when its request was sent and answered.
@@ -338,6 +622,10 @@ pub struct Sample {
     pub sent: Instant,
     /// When the response arrived.
     pub received: Instant,
+    /// The ID token that came with it (user flows).
+    pub id_token: Option<String>,
+    /// The `nonce` the flow sent (authorization code flow), which the ID token must echo.
+    pub nonce: Option<String>,
 }
 
 /// One loader process's OIDC counts (merged by plain addition in the coordinator).
@@ -365,6 +653,16 @@ pub struct OidcTotals {
     /// Introspection phases: answers saying `active: false` (the token is valid, so each is a failure).
     #[serde(default)]
     pub introspected_inactive: u64,
+    /// HTTP exchanges sent (a code flow is two per flow).
+    #[serde(default)]
+    pub http_requests: u64,
+    /// User flows that failed a protocol check, by the check (`state_mismatch`, `refresh_not_rotated`, ...).
+    #[serde(default)]
+    pub flow_failures: BTreeMap<String, u64>,
+    /// Refresh flow: refresh-token chains started again through the code flow after a transport error left the
+    /// lane's refresh token in doubt.
+    #[serde(default)]
+    pub refresh_chain_restarts: u64,
 }
 
 impl OidcTotals {
@@ -382,6 +680,16 @@ impl OidcTotals {
         self.jwks_read_failures += o.jwks_read_failures;
         self.introspected_active += o.introspected_active;
         self.introspected_inactive += o.introspected_inactive;
+        self.http_requests += o.http_requests;
+        for (k, v) in &o.flow_failures {
+            *self.flow_failures.entry(k.clone()).or_insert(0) += v;
+        }
+        self.refresh_chain_restarts += o.refresh_chain_restarts;
+    }
+
+    /// Counts a failed protocol check of a user flow.
+    pub fn flow_fail(&mut self, why: &str) {
+        *self.flow_failures.entry(why.to_string()).or_insert(0) += 1;
     }
 
     fn fail(&mut self, why: &str) {
@@ -400,6 +708,27 @@ pub fn access_token(body: &[u8]) -> Option<String> {
     let r: TokenResponse = serde_json::from_slice(body).ok()?;
     (r.token_type.eq_ignore_ascii_case("bearer") && !r.access_token.is_empty())
         .then_some(r.access_token)
+}
+
+/// The tokens of a token response (RFC 6749 §5.1, OpenID Connect Core §3.1.3.3).
+#[derive(Debug, Deserialize)]
+pub struct TokenResponse {
+    /// The access token.
+    pub access_token: String,
+    /// `Bearer` (case-insensitive).
+    pub token_type: String,
+    /// The ID token, for flows with a user and `openid`.
+    #[serde(default)]
+    pub id_token: Option<String>,
+    /// The refresh token, when one was issued.
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+}
+
+/// Parses a token response; `None` unless it has a non-empty Bearer `access_token`.
+pub fn token_response(body: &[u8]) -> Option<TokenResponse> {
+    let r: TokenResponse = serde_json::from_slice(body).ok()?;
+    (r.token_type.eq_ignore_ascii_case("bearer") && !r.access_token.is_empty()).then_some(r)
 }
 
 /// A cheap plausibility check for responses that are not sampled: a JSON object naming `access_token` and
@@ -428,15 +757,180 @@ pub fn introspection_active(body: &[u8]) -> Option<bool> {
     }
 }
 
-/// Per-lane sampling: every `verify_every`-th token of the lane is kept (deterministic, so runs compare).
+/// Per-lane state: the buffers of the current send, the user flows' state, and sampling (every
+/// `verify_every`-th token of the lane is kept; deterministic, so runs compare).
 #[derive(Debug, Default)]
 pub struct LaneOidc {
     /// The response body of the current send.
     pub response: Vec<u8>,
+    /// The request being built (user flows).
+    request: Vec<u8>,
+    /// The `Location` of an authorization response.
+    location: Vec<u8>,
+    /// Refresh flow: the lane's current refresh token (`None`: none yet, or in doubt after an error).
+    refresh_token: Option<String>,
+    /// The current send's protocol failure (a user flow's failed check), counted by the caller.
+    pub failure: Option<&'static str>,
+    /// The current send's nonce (authorization code flow).
+    pub nonce: Option<String>,
+    /// HTTP exchanges of the current send.
+    pub exchanges: u64,
+    /// Whether the current send restarted a refresh chain.
+    pub restarted: bool,
     seen: u64,
 }
 
 impl LaneOidc {
+    /// Runs one send of the phase's flow on `conn`: the prebuilt request (client_credentials, introspection), a
+    /// code flow, or one refresh. The result is the last exchange's; a failed protocol check is left in
+    /// [`LaneOidc::failure`].
+    pub async fn send<R: rand::Rng>(
+        &mut self,
+        conn: &mut Conn,
+        cfg: &OidcConfig,
+        rng: &mut R,
+    ) -> Result<Exchange, ClientError> {
+        self.failure = None;
+        self.nonce = None;
+        self.exchanges = 0;
+        self.restarted = false;
+        match cfg.plan.flow {
+            OidcFlow::ClientCredentials | OidcFlow::Introspect => {
+                self.exchanges = 1;
+                conn.send_raw(&cfg.request, &mut self.response, MAX_OIDC_RESPONSE_BYTES)
+                    .await
+            }
+            OidcFlow::AuthorizationCode => self.code_flow(conn, cfg, rng).await,
+            OidcFlow::RefreshToken => {
+                if self.refresh_token.is_none() {
+                    self.restarted = true;
+                    return self.start_refresh_chain(conn, cfg, rng).await;
+                }
+                self.refresh(conn, cfg).await
+            }
+        }
+    }
+
+    /// Before the phase (refresh flow): obtains the lane's first refresh token through the code flow.
+    pub async fn prepare<R: rand::Rng>(
+        &mut self,
+        conn: &mut Conn,
+        cfg: &OidcConfig,
+        rng: &mut R,
+    ) -> Result<(), String> {
+        if cfg.plan.flow != OidcFlow::RefreshToken {
+            return Ok(());
+        }
+        let x = self
+            .start_refresh_chain(conn, cfg, rng)
+            .await
+            .map_err(|e| format!("the first refresh token: {e}"))?;
+        match self.failure {
+            None if self.refresh_token.is_some() => Ok(()),
+            why => Err(format!(
+                "the first refresh token: status {}, {}: {}",
+                x.status.as_u16(),
+                why.unwrap_or("no refresh_token"),
+                String::from_utf8_lossy(&self.response).trim()
+            )),
+        }
+    }
+
+    /// A code flow that keeps the refresh token it returns.
+    async fn start_refresh_chain<R: rand::Rng>(
+        &mut self,
+        conn: &mut Conn,
+        cfg: &OidcConfig,
+        rng: &mut R,
+    ) -> Result<Exchange, ClientError> {
+        let x = self.code_flow(conn, cfg, rng).await?;
+        if self.failure.is_none() && x.status.as_u16() == 200 {
+            match token_response(&self.response).and_then(|t| t.refresh_token) {
+                Some(r) if !r.is_empty() => self.refresh_token = Some(r),
+                _ => self.failure = Some("no_refresh_token"),
+            }
+        }
+        Ok(x)
+    }
+
+    /// `GET /authorize` with the session (a redirect with the code), then `POST /token` with the code and the
+    /// PKCE verifier.
+    async fn code_flow<R: rand::Rng>(
+        &mut self,
+        conn: &mut Conn,
+        cfg: &OidcConfig,
+        rng: &mut R,
+    ) -> Result<Exchange, ClientError> {
+        let p = Pkce::new(rng);
+        cfg.authorize_get(&p, &mut self.request);
+        self.exchanges += 1;
+        let a = conn
+            .send_raw_location(
+                &self.request,
+                &mut self.response,
+                &mut self.location,
+                MAX_OIDC_RESPONSE_BYTES,
+            )
+            .await?;
+        let redirect_uri = cfg.plan.redirect_uri.as_deref().unwrap_or("");
+        if !matches!(a.status.as_u16(), 302 | 303) {
+            self.failure = Some(if a.status.as_u16() == 200 {
+                "authorize_asked_to_log_in"
+            } else {
+                "authorize_not_redirected"
+            });
+            return Ok(a);
+        }
+        let code = match parse_redirect(&self.location, redirect_uri, &p, &cfg.endpoints.issuer) {
+            Redirect::Code(c) => c,
+            Redirect::Refused(why) => {
+                self.failure = Some(why);
+                return Ok(a);
+            }
+        };
+        let params = format!(
+            "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={}",
+            form(&code),
+            form(redirect_uri),
+            p.verifier
+        );
+        cfg.token_post(&params, &mut self.request);
+        self.nonce = Some(p.nonce);
+        self.exchanges += 1;
+        conn.send_raw(&self.request, &mut self.response, MAX_OIDC_RESPONSE_BYTES)
+            .await
+    }
+
+    /// `POST /token` with `grant_type=refresh_token`; the answer must carry a new refresh token (rotation), which
+    /// replaces the lane's.
+    async fn refresh(
+        &mut self,
+        conn: &mut Conn,
+        cfg: &OidcConfig,
+    ) -> Result<Exchange, ClientError> {
+        let Some(old) = self.refresh_token.take() else {
+            return Err(ClientError::BadRequest);
+        };
+        let params = format!("grant_type=refresh_token&refresh_token={}", form(&old));
+        cfg.token_post(&params, &mut self.request);
+        self.exchanges += 1;
+        // Any transport error leaves the token in doubt (the issuer may have rotated it): the next send starts a
+        // new chain rather than risk presenting a used token, which a correct issuer treats as theft.
+        let x = conn
+            .send_raw(&self.request, &mut self.response, MAX_OIDC_RESPONSE_BYTES)
+            .await?;
+        if x.status.as_u16() != 200 {
+            self.failure = Some("refresh_refused");
+            return Ok(x);
+        }
+        match token_response(&self.response).and_then(|t| t.refresh_token) {
+            Some(new) if !new.is_empty() && new != old => self.refresh_token = Some(new),
+            Some(_) => self.failure = Some("refresh_not_rotated"),
+            None => self.failure = Some("refresh_not_rotated"),
+        }
+        Ok(x)
+    }
+
     /// Whether the next token should be kept (and counts it).
     pub fn take_sample(&mut self, every: u64) -> bool {
         self.seen += 1;
@@ -614,6 +1108,114 @@ fn check(cfg: &OidcConfig, set: &JwkSet, s: &Sample) -> Result<u64, &'static str
     Ok(c.exp)
 }
 
+/// The ID token claims the scenario checks beyond what `jsonwebtoken` validates.
+#[derive(Deserialize)]
+struct IdClaims {
+    iat: u64,
+    exp: u64,
+    #[serde(default)]
+    nonce: Option<String>,
+    #[serde(default)]
+    at_hash: Option<String>,
+    #[serde(default)]
+    azp: Option<String>,
+}
+
+/// `at_hash` of `access_token` for a JWS algorithm (OpenID Connect Core §3.1.3.6): the left half of the hash that
+/// goes with the algorithm, base64url. ES256 hashes with SHA-256; EdDSA with Ed25519 with SHA-512 (the hash
+/// Ed25519 itself uses, as OpenID Connect's EdDSA guidance says).
+pub fn at_hash(alg: Algorithm, access_token: &str) -> Option<String> {
+    use aws_lc_rs::digest::{SHA256, SHA512, digest};
+    let d = match alg {
+        Algorithm::ES256 | Algorithm::RS256 | Algorithm::PS256 | Algorithm::HS256 => {
+            digest(&SHA256, access_token.as_bytes())
+        }
+        Algorithm::EdDSA => digest(&SHA512, access_token.as_bytes()),
+        _ => return None,
+    };
+    let half = &d.as_ref()[..d.as_ref().len() / 2];
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(half))
+}
+
+/// Verifies a sample's ID token against `set` (OpenID Connect Core §3.1.3.7): signature by a published key,
+/// `typ` JWT (or none), `iss`, `aud` = the client, `azp` (when present) = the client, times relative to the
+/// request, the flow's `nonce` echoed, and `at_hash` (when present) matching the access token.
+fn check_id(cfg: &OidcConfig, set: &JwkSet, s: &Sample, id: &str) -> Result<(), &'static str> {
+    let header = jsonwebtoken::decode_header(id).map_err(|_| "id_token_malformed_jws")?;
+    if let Some(typ) = header.typ.as_deref()
+        && !typ.eq_ignore_ascii_case("jwt")
+    {
+        return Err("id_token_typ_not_jwt");
+    }
+    if !matches!(header.alg, Algorithm::ES256 | Algorithm::EdDSA) {
+        return Err("id_token_unexpected_alg");
+    }
+    let kid = header.kid.as_deref().ok_or("id_token_no_kid")?;
+    let jwk: &Jwk = set.find(kid).ok_or("kid_not_published")?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|_| "unusable_jwk")?;
+    let mut v = Validation::new(header.alg);
+    v.leeway = LEEWAY_S;
+    v.validate_exp = false;
+    v.set_required_spec_claims(&["exp", "iat", "iss", "sub", "aud"]);
+    v.set_issuer(&[cfg.endpoints.issuer.as_str()]);
+    v.set_audience(&[cfg.plan.client_id.as_str()]);
+    let c = jsonwebtoken::decode::<IdClaims>(id, &key, &v)
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidSignature => "id_token_bad_signature",
+                K::InvalidIssuer => "id_token_wrong_iss",
+                K::InvalidAudience => "id_token_wrong_aud",
+                K::MissingRequiredClaim(_) => "id_token_missing_claim",
+                K::ImmatureSignature => "id_token_not_yet_valid",
+                _ => "id_token_invalid",
+            }
+        })?
+        .claims;
+    let (sent, received) = (unix_s(s.sent), unix_s(s.received));
+    if c.iat + LEEWAY_S < sent || c.iat > received + LEEWAY_S {
+        return Err("id_token_iat_outside_request");
+    }
+    if c.exp <= received {
+        return Err("id_token_expired_when_issued");
+    }
+    if c.azp.as_deref().is_some_and(|a| a != cfg.plan.client_id) {
+        return Err("id_token_wrong_azp");
+    }
+    // A refreshed ID token need not carry the nonce (OpenID Connect Core §12.2); a code flow's must.
+    if let Some(n) = &s.nonce
+        && c.nonce.as_deref() != Some(n.as_str())
+    {
+        return Err("id_token_nonce_mismatch");
+    }
+    if let Some(h) = &c.at_hash
+        && at_hash(header.alg, &s.token).as_deref() != Some(h.as_str())
+    {
+        return Err("id_token_at_hash_mismatch");
+    }
+    Ok(())
+}
+
+/// The access token's and (when there is one) the ID token's checks; the access token's `exp`.
+fn check_all(cfg: &OidcConfig, set: &JwkSet, s: &Sample) -> Result<u64, &'static str> {
+    let exp = check(cfg, set, s)?;
+    match (&s.id_token, cfg.plan.flow) {
+        (Some(id), _) => check_id(cfg, set, s, id)?,
+        // `openid` asks for an ID token; a code flow that asked and got none is wrong (OIDC Core §3.1.3.3).
+        (None, OidcFlow::AuthorizationCode)
+            if cfg
+                .plan
+                .scope
+                .as_deref()
+                .is_some_and(|sc| sc.split(' ').any(|t| t == "openid")) =>
+        {
+            return Err("no_id_token");
+        }
+        (None, _) => {}
+    }
+    Ok(exp)
+}
+
 /// Verifies every sample: against the newest JWKS read before the token was requested (`kid_not_prepublished`
 /// when its key was not in it), then against `after`, the JWKS read after the phase (`key_withdrawn_early` when
 /// the key had gone while the token still lived; a token that had expired by then is not checked again).
@@ -637,7 +1239,7 @@ pub fn verify_samples(
             totals.fail("no_jwks_before_issue");
             continue;
         };
-        let exp = match check(cfg, &before, s) {
+        let exp = match check_all(cfg, &before, s) {
             Ok(exp) => exp,
             Err("kid_not_published") => {
                 totals.fail("kid_not_prepublished");
@@ -651,7 +1253,7 @@ pub fn verify_samples(
         match after {
             None => totals.fail("no_jwks_after_phase"),
             Some((at, _)) if unix_s(at) >= exp => totals.verified += 1,
-            Some((_, set)) => match check(cfg, set, s) {
+            Some((_, set)) => match check_all(cfg, set, s) {
                 Ok(_) => totals.verified += 1,
                 Err("kid_not_published") => totals.fail("key_withdrawn_early"),
                 Err(why) => totals.fail(why),

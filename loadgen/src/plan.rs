@@ -57,6 +57,9 @@ impl Plan {
         for ph in &mut p.phases {
             if let Some(o) = ph.oidc.as_mut() {
                 o.client_secret = REDACTED.into();
+                if o.password.is_some() {
+                    o.password = Some(REDACTED.into());
+                }
             }
         }
         p
@@ -513,6 +516,14 @@ pub enum OidcFlow {
     /// Token introspection (RFC 7662): every request asks the introspection endpoint about one access token that
     /// loadgen obtained (client_credentials) before the phase; it must stay active throughout, rotations included.
     Introspect,
+    /// The authorization code flow with PKCE S256 (RFC 6749 §4.1, RFC 7636, OpenID Connect Core §3.1) for a user
+    /// who logged in once before the phase (one session, as single sign-on gives): every arrival is one flow,
+    /// `GET /authorize` (answered with a redirect carrying the code) then `POST /token`; an ID token comes back
+    /// with the access token.
+    AuthorizationCode,
+    /// `grant_type=refresh_token` with rotation: each lane holds one refresh token (obtained through the
+    /// authorization code flow before the phase) and every request trades it for a new one.
+    RefreshToken,
 }
 
 impl OidcFlow {
@@ -521,7 +532,14 @@ impl OidcFlow {
         match self {
             OidcFlow::ClientCredentials => "client_credentials",
             OidcFlow::Introspect => "introspect",
+            OidcFlow::AuthorizationCode => "authorization_code",
+            OidcFlow::RefreshToken => "refresh_token",
         }
+    }
+
+    /// Whether the flow acts for a logged-in user (and needs the issuer's login form before the phase).
+    pub fn needs_user(self) -> bool {
+        matches!(self, OidcFlow::AuthorizationCode | OidcFlow::RefreshToken)
     }
 }
 
@@ -540,6 +558,16 @@ pub enum OidcAuth {
 pub const OIDC_BUILTIN_CLIENT_ID: &str = "bench-client";
 /// Its secret: a published test credential, for loopback benchmarks only.
 pub const OIDC_BUILTIN_CLIENT_SECRET: &str = "bench-secret-0123456789abcdef";
+/// The built-in issuer's confidential web client (authorization code and refresh token grants).
+pub const OIDC_BUILTIN_WEB_CLIENT_ID: &str = "web-app";
+/// Its secret (a published test credential).
+pub const OIDC_BUILTIN_WEB_CLIENT_SECRET: &str = "web-secret-0123456789abcdef";
+/// Its registered redirect URI.
+pub const OIDC_BUILTIN_REDIRECT_URI: &str = "http://127.0.0.1/callback";
+/// The built-in issuer's test user.
+pub const OIDC_BUILTIN_USERNAME: &str = "alice";
+/// Its password (a published test credential).
+pub const OIDC_BUILTIN_PASSWORD: &str = "alice-password";
 /// Most tokens one loader process may keep for verification (each is about 1 KiB).
 pub const MAX_OIDC_VERIFIED: u64 = 100_000;
 /// Most key rotations one phase may ask for.
@@ -562,6 +590,15 @@ pub struct OidcPlan {
     pub scope: Option<String>,
     /// The `resource` parameter, if any.
     pub resource: Option<String>,
+    /// authorization_code / refresh_token: the user who logs in before the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Their password (published as `[redacted]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// authorization_code / refresh_token: the redirect URI the flow names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_uri: Option<String>,
     /// Verify one token in this many (0 = none).
     pub verify_every: u64,
     /// Most tokens one loader process keeps for verification.
@@ -576,13 +613,31 @@ fn resolve_oidc(f: &str, o: &OidcSection, duration_s: f64) -> Result<OidcPlan, P
     let flow = match o.flow.as_deref().unwrap_or("client_credentials") {
         "client_credentials" => OidcFlow::ClientCredentials,
         "introspect" => OidcFlow::Introspect,
+        "authorization_code" => OidcFlow::AuthorizationCode,
+        "refresh_token" => OidcFlow::RefreshToken,
         other => {
             return Err(ProfileError::invalid(
                 format!("{f}.flow"),
-                format!("`{other}`: use \"client_credentials\" or \"introspect\""),
+                format!(
+                    "`{other}`: use \"client_credentials\", \"introspect\", \"authorization_code\" or \"refresh_token\""
+                ),
             ));
         }
     };
+    if !flow.needs_user() {
+        for (k, set) in [
+            ("username", o.username.is_some()),
+            ("password", o.password.is_some()),
+            ("redirect_uri", o.redirect_uri.is_some()),
+        ] {
+            if set {
+                return Err(ProfileError::invalid(
+                    format!("{f}.{k}"),
+                    "only for flow = \"authorization_code\" or \"refresh_token\" (the flows with a user)",
+                ));
+            }
+        }
+    }
     if flow == OidcFlow::Introspect {
         // Introspection issues no tokens, so there is nothing to sample.
         for (k, set) in [
@@ -629,6 +684,23 @@ fn resolve_oidc(f: &str, o: &OidcSection, duration_s: f64) -> Result<OidcPlan, P
     param("client_secret", o.client_secret.as_ref())?;
     param("scope", o.scope.as_ref())?;
     param("resource", o.resource.as_ref())?;
+    param("username", o.username.as_ref())?;
+    param("password", o.password.as_ref())?;
+    param("redirect_uri", o.redirect_uri.as_ref())?;
+    if let Some(r) = &o.redirect_uri
+        && HttpUrl::parse(r).is_err()
+    {
+        return Err(ProfileError::invalid(
+            format!("{f}.redirect_uri"),
+            format!("`{r}` is not an http:// URL"),
+        ));
+    }
+    if o.password.is_some() && o.username.is_none() {
+        return Err(ProfileError::invalid(
+            format!("{f}.password"),
+            "give username too (the default password belongs to the default user)",
+        ));
+    }
     if o.client_secret.is_some() && o.client_id.is_none() {
         return Err(ProfileError::invalid(
             format!("{f}.client_secret"),
@@ -636,6 +708,10 @@ fn resolve_oidc(f: &str, o: &OidcSection, duration_s: f64) -> Result<OidcPlan, P
         ));
     }
     let (client_id, client_secret) = match (&o.client_id, &o.client_secret) {
+        (None, _) if flow.needs_user() => (
+            OIDC_BUILTIN_WEB_CLIENT_ID.to_string(),
+            OIDC_BUILTIN_WEB_CLIENT_SECRET.to_string(),
+        ),
         (None, _) => (
             OIDC_BUILTIN_CLIENT_ID.to_string(),
             OIDC_BUILTIN_CLIENT_SECRET.to_string(),
@@ -648,9 +724,38 @@ fn resolve_oidc(f: &str, o: &OidcSection, duration_s: f64) -> Result<OidcPlan, P
             ));
         }
     };
+    let (username, password, redirect_uri) = if flow.needs_user() {
+        let (u, p) = match (&o.username, &o.password) {
+            (None, _) => (
+                OIDC_BUILTIN_USERNAME.to_string(),
+                OIDC_BUILTIN_PASSWORD.to_string(),
+            ),
+            (Some(u), Some(p)) => (u.clone(), p.clone()),
+            (Some(_), None) => {
+                return Err(ProfileError::invalid(
+                    format!("{f}.password"),
+                    "a username needs its password",
+                ));
+            }
+        };
+        let r = o
+            .redirect_uri
+            .clone()
+            .unwrap_or_else(|| OIDC_BUILTIN_REDIRECT_URI.to_string());
+        (Some(u), Some(p), Some(r))
+    } else {
+        (None, None, None)
+    };
+    // The user flows ask for an ID token (`openid`) by default; the refresh flow also for `offline_access`.
+    let scope = match (flow, &o.scope) {
+        (_, Some(s)) => Some(s.clone()),
+        (OidcFlow::AuthorizationCode, None) => Some("openid profile".to_string()),
+        (OidcFlow::RefreshToken, None) => Some("openid offline_access".to_string()),
+        _ => None,
+    };
     let verify_every = match flow {
-        OidcFlow::ClientCredentials => o.verify_every.unwrap_or(20),
         OidcFlow::Introspect => 0,
+        _ => o.verify_every.unwrap_or(20),
     };
     let max_verified = o.max_verified.unwrap_or(5000);
     if max_verified > MAX_OIDC_VERIFIED {
@@ -691,8 +796,11 @@ fn resolve_oidc(f: &str, o: &OidcSection, duration_s: f64) -> Result<OidcPlan, P
         client_id,
         client_secret,
         auth,
-        scope: o.scope.clone(),
+        scope,
         resource: o.resource.clone(),
+        username,
+        password,
+        redirect_uri,
         verify_every,
         max_verified,
         jwks_refresh_ms,
@@ -711,6 +819,11 @@ pub fn oidc_request(o: &OidcPlan) -> RequestPlan {
     let (name, path) = match o.flow {
         OidcFlow::ClientCredentials => ("POST token (client_credentials)", OIDC_TOKEN_PATH),
         OidcFlow::Introspect => ("POST introspect", OIDC_INTROSPECT_PATH),
+        OidcFlow::AuthorizationCode => (
+            "GET authorize + POST token (authorization_code)",
+            OIDC_TOKEN_PATH,
+        ),
+        OidcFlow::RefreshToken => ("POST token (refresh_token)", OIDC_TOKEN_PATH),
     };
     RequestPlan {
         name: name.into(),

@@ -503,6 +503,55 @@ pub fn http_request_with(
     timeout: Duration,
     max_bytes: u64,
 ) -> Result<(u16, Vec<u8>), String> {
+    http_exchange(
+        addr,
+        host,
+        method,
+        path,
+        content_type,
+        headers,
+        body,
+        timeout,
+        max_bytes,
+    )
+    .map(|r| (r.status, r.body))
+}
+
+/// A response read by [`http_exchange`].
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    /// Status code.
+    pub status: u16,
+    /// Header fields in order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// [`http_request_with`] that also returns the response's headers (redirect-driven flows read `Location` and
+/// `Set-Cookie`).
+#[allow(clippy::too_many_arguments)]
+pub fn http_exchange(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+    max_bytes: u64,
+) -> Result<HttpReply, String> {
     let mut s =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(timeout))
@@ -548,7 +597,17 @@ pub fn http_request_with(
     } else {
         body.to_vec()
     };
-    Ok((status, body))
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpReply {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {

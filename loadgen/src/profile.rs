@@ -167,7 +167,8 @@ pub struct PhaseSection {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcSection {
-    /// `client_credentials` (the only flow so far).
+    /// `client_credentials` (default), `introspect`, `authorization_code` (with PKCE, as a logged-in user) or
+    /// `refresh_token` (each lane keeps a rotating refresh token).
     pub flow: Option<String>,
     /// The client (default: the built-in issuer's load-test client, `bench-client`).
     pub client_id: Option<String>,
@@ -179,6 +180,14 @@ pub struct OidcSection {
     pub scope: Option<String>,
     /// The `resource` parameter (RFC 8707), asking for a token for that audience.
     pub resource: Option<String>,
+    /// authorization_code and refresh_token flows: the user who logs in once before the phase (default: the
+    /// built-in issuer's test user `alice`).
+    pub username: Option<String>,
+    /// That user's password (default: the built-in test user's).
+    pub password: Option<String>,
+    /// authorization_code and refresh_token flows: the registered redirect URI (default: the built-in `web-app`
+    /// client's `http://127.0.0.1/callback`). Nothing listens there: loadgen reads the code from the redirect.
+    pub redirect_uri: Option<String>,
     /// Verify one token in this many against the JWKS (default 20; 0 = verify none).
     pub verify_every: Option<u64>,
     /// Most tokens one loader process keeps for verification (default 5000).

@@ -183,6 +183,7 @@ pub fn summary(r: &RunResult) -> String {
             let failed: u64 = o.verification_failures.values().sum::<u64>()
                 + o.malformed_responses
                 + o.introspected_inactive
+                + o.flow_failures.values().sum::<u64>()
                 + o.rotations.iter().filter(|x| !x.ok).count() as u64;
             let check = if failed == 0 {
                 "ok".to_string()

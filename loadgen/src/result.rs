@@ -273,7 +273,7 @@ pub struct PhaseResult {
 /// What an OIDC phase measured: tokens issued, and how the sampled ones fared against the published JWKS.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OidcResult {
-    /// `client_credentials` or `introspect`.
+    /// `client_credentials`, `introspect`, `authorization_code` or `refresh_token`.
     pub flow: String,
     /// The issuer the tokens must name (`iss`), from its discovery document.
     pub issuer: String,
@@ -299,6 +299,18 @@ pub struct OidcResult {
     pub introspected_active: u64,
     /// Introspection phases: answers saying it is not (each is a correctness failure: the token is valid).
     pub introspected_inactive: u64,
+    /// HTTP exchanges the loaders sent: one per request, except the authorization code flow (two: `/authorize`
+    /// and `/token`) and a refresh chain's restart (a code flow). The phase's `requests`, rate and latency count
+    /// flows.
+    #[serde(default)]
+    pub http_requests: u64,
+    /// User flows that failed a protocol check, by the check (each one is a correctness failure).
+    #[serde(default)]
+    pub flow_failures: BTreeMap<String, u64>,
+    /// Refresh flow: chains started again (through the code flow) after a transport error left a lane's
+    /// refresh token in doubt.
+    #[serde(default)]
+    pub refresh_chain_restarts: u64,
     /// Key rotations loadgen asked for during the phase.
     pub rotations: Vec<OidcRotation>,
 }

@@ -1336,6 +1336,11 @@ fn oidc_prepare(
         }
         e.subject_token = Some(token);
     }
+    if o.flow.needs_user() {
+        // One login for the whole phase: every flow then rides the session, as single sign-on does. The login
+        // (a slow password hash by design) is outside the measurement.
+        e.session_cookie = Some(oidcmod::login(o, &base, t.addr, &e, timeout).map_err(err)?);
+    }
     Ok(e)
 }
 
@@ -1362,6 +1367,12 @@ fn oidc_finish(
     }
     for (why, n) in &totals.failures {
         failures.push(format!("{n} sampled tokens failed verification: {why}"));
+    }
+    for (why, n) in &totals.flow_failures {
+        failures.push(format!(
+            "{n} {} flows failed a protocol check: {why}",
+            o.flow.name()
+        ));
     }
     if totals.introspected_inactive > 0 {
         failures.push(format!(
@@ -1416,6 +1427,9 @@ fn oidc_finish(
         jwks_read_failures: totals.jwks_read_failures,
         introspected_active: totals.introspected_active,
         introspected_inactive: totals.introspected_inactive,
+        http_requests: totals.http_requests,
+        flow_failures: totals.flow_failures,
+        refresh_chain_restarts: totals.refresh_chain_restarts,
         rotations,
     };
     (result, failures)

@@ -37,8 +37,7 @@ use crate::ledger::model::{
 };
 use crate::ledger::wire::{ID_BYTES, MAX_BATCH, Transfer};
 use crate::oidc::{
-    self as oidcmod, JwksWatcher, LaneOidc, MAX_OIDC_RESPONSE_BYTES, OidcConfig, OidcEndpoints,
-    OidcTotals, Sample,
+    self as oidcmod, JwksWatcher, LaneOidc, OidcConfig, OidcEndpoints, OidcTotals, Sample,
 };
 use crate::pacer::Pacer;
 use crate::plan::{HttpUrl, HttpVersion, Limits, LoadModel, OidcFlow, PhasePlan};
@@ -455,6 +454,26 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
         })));
     }
     drop(conns);
+    // Refresh phases: every lane gets its first refresh token before the phase (not part of the measurement).
+    if let Some(cfg) = oidc
+        .as_ref()
+        .filter(|c| c.plan.flow == OidcFlow::RefreshToken)
+    {
+        for slot in &lanes {
+            // Out of its slot for the await (nothing else touches lanes before the phase).
+            let Some(mut lane) = slot.lock().expect("not poisoned").take() else {
+                continue;
+            };
+            if let (Some(conn), Some(lo)) = (lane.conn.as_mut(), lane.oidc.as_mut()) {
+                tokio::time::timeout(timeout, lo.prepare(conn, cfg, &mut lane.rng))
+                    .await
+                    .map_err(|_| RunError::Goose("timed out obtaining a refresh token".into()))?
+                    .map_err(RunError::Goose)?;
+            }
+            // A lane without a connection starts its chain on its first send (counted as a restart).
+            *slot.lock().expect("not poisoned") = Some(lane);
+        }
+    }
 
     let start = instant_from_unix_ns(spec.start_unix_ns);
     let end = start + Duration::from_secs_f64(spec.phase.duration_s);
@@ -907,12 +926,7 @@ async fn run_lane(
                 let (Some(lo), Some(cfg)) = (lane.oidc.as_mut(), shared.oidc.as_ref()) else {
                     unreachable!("OIDC lanes exist only with an OIDC config");
                 };
-                match tokio::time::timeout(
-                    timeout,
-                    conn.send_raw(&cfg.request, &mut lo.response, MAX_OIDC_RESPONSE_BYTES),
-                )
-                .await
-                {
+                match tokio::time::timeout(timeout, lo.send(conn, cfg, &mut lane.rng)).await {
                     Ok(r) => r,
                     Err(_) => Err(ClientError::Timeout),
                 }
@@ -940,8 +954,15 @@ async fn run_lane(
         let done = Instant::now();
         let latency = done.saturating_duration_since(if open { intended } else { send_at });
         let service = done.saturating_duration_since(send_at);
+        // A user flow's failed protocol check (a wrong `state`, a refresh token not rotated) fails the send
+        // whatever its status.
+        let flow_failure = lane.oidc.as_ref().and_then(|lo| lo.failure);
         let (ok, status, err) = match &result {
-            Ok(x) => (x.status.as_u16() < 400, Some(x.status.as_u16()), None),
+            Ok(x) => (
+                x.status.as_u16() < 400 && flow_failure.is_none(),
+                Some(x.status.as_u16()),
+                None,
+            ),
             Err(e) => (false, None, Some(e.clone())),
         };
         if matches!(err, Some(ClientError::Timeout | ClientError::Io))
@@ -983,12 +1004,22 @@ async fn run_lane(
                     *st.errors.entry(e.to_string()).or_insert(0) += 1;
                 }
             }
+            if let (Some(totals), Some(lo)) = (st.oidc.as_mut(), lane.oidc.as_ref()) {
+                totals.http_requests += lo.exchanges;
+                if let Some(why) = lo.failure {
+                    totals.flow_fail(why);
+                }
+                if lo.restarted && result.is_ok() {
+                    totals.refresh_chain_restarts += 1;
+                }
+            }
             if let (Some(totals), Some(lo), Some(cfg), Ok(x)) = (
                 st.oidc.as_mut(),
                 lane.oidc.as_mut(),
                 shared.oidc.as_ref(),
                 &result,
             ) && x.status.as_u16() == 200
+                && lo.failure.is_none()
             {
                 // Only sampled responses are parsed whole (the loader's CPU is part of the measurement); the others
                 // are checked for the two members every token response has.
@@ -999,15 +1030,17 @@ async fn run_lane(
                         None => totals.malformed_responses += 1,
                     }
                 } else if lo.take_sample(cfg.plan.verify_every) {
-                    match oidcmod::access_token(&lo.response) {
-                        Some(token) => {
+                    match oidcmod::token_response(&lo.response) {
+                        Some(t) => {
                             totals.tokens += 1;
                             let mut samples = shared.oidc_samples.lock().expect("not poisoned");
                             if (samples.len() as u64) < cfg.plan.max_verified {
                                 samples.push(Sample {
-                                    token,
+                                    token: t.access_token,
                                     sent: send_at,
                                     received: done,
+                                    id_token: t.id_token,
+                                    nonce: lo.nonce.clone(),
                                 });
                                 totals.sampled += 1;
                             } else {

@@ -78,6 +78,9 @@ fn config(scope: Option<&str>) -> OidcConfig {
         auth: OidcAuth::Basic,
         scope: scope.map(Into::into),
         resource: None,
+        username: None,
+        password: None,
+        redirect_uri: None,
         verify_every: 1,
         max_verified: 100,
         jwks_refresh_ms: 1000,
@@ -91,6 +94,8 @@ fn config(scope: Option<&str>) -> OidcConfig {
         jwks_path: "/jwks".into(),
         introspection_path: Some("/introspect".into()),
         subject_token: None,
+        authorization_path: None,
+        session_cookie: None,
     };
     OidcConfig::new(
         &plan,
@@ -107,6 +112,8 @@ fn verify_one(cfg: &OidcConfig, token: String, during: &[&Key], after: &[&Key]) 
         token,
         sent,
         received: sent,
+        id_token: None,
+        nonce: None,
     };
     let mut t = OidcTotals::default();
     let after_set = set(after);
@@ -170,6 +177,8 @@ fn a_good_token_verifies_and_every_broken_one_fails_its_check() {
         token,
         sent: read_at,
         received: read_at,
+        id_token: None,
+        nonce: None,
     };
     let mut t = OidcTotals::default();
     let after = set(&[&k2]);
@@ -281,4 +290,174 @@ fn introspection_answers_are_read_without_parsing_the_document() {
     assert_eq!(introspection_active(br#"{"active":"true"}"#), None);
     assert_eq!(introspection_active(br#"{"error":"invalid_client"}"#), None);
     assert_eq!(introspection_active(b""), None);
+}
+
+/// A code-flow configuration: client `web-app`, scope `openid profile`.
+fn code_config() -> OidcConfig {
+    let mut plan = config(None).plan;
+    plan.flow = OidcFlow::AuthorizationCode;
+    plan.client_id = "web-app".into();
+    plan.scope = Some("openid profile".into());
+    plan.redirect_uri = Some("http://127.0.0.1/callback".into());
+    let endpoints = config(None).endpoints;
+    OidcConfig::new(
+        &plan,
+        &HttpUrl::parse("http://127.0.0.1:9").unwrap(),
+        endpoints,
+    )
+}
+
+fn access_claims_for_web() -> serde_json::Value {
+    let mut c = good_claims();
+    c["client_id"] = json!("web-app");
+    c["sub"] = json!("user-alice");
+    c["scope"] = json!("openid profile");
+    c
+}
+
+fn id_claims(access: &str, nonce: &str) -> serde_json::Value {
+    let now = now_s();
+    json!({
+        "iss": ISSUER, "sub": "user-alice", "aud": "web-app", "azp": "web-app", "iat": now, "exp": now + 300,
+        "auth_time": now, "nonce": nonce,
+        "at_hash": refbench_loadgen::oidc::at_hash(Algorithm::ES256, access).unwrap()
+    })
+}
+
+fn verify_code_sample(
+    cfg: &OidcConfig,
+    k: &Key,
+    access: String,
+    id: Option<String>,
+    nonce: &str,
+) -> OidcTotals {
+    let read_at = Instant::now();
+    let sent = read_at + Duration::from_millis(1);
+    let s = Sample {
+        token: access,
+        sent,
+        received: sent,
+        id_token: id,
+        nonce: Some(nonce.into()),
+    };
+    let mut t = OidcTotals::default();
+    let keys = set(&[k]);
+    verify_samples(
+        cfg,
+        &[s],
+        &[(read_at, Some(keys.clone()))],
+        Some((Instant::now(), keys.as_ref())),
+        &mut t,
+    );
+    t
+}
+
+#[test]
+fn id_tokens_are_checked_for_audience_nonce_and_at_hash() {
+    let k = key("k1");
+    let cfg = code_config();
+    let access = mint(&k, "at+jwt", access_claims_for_web());
+
+    let good = mint(&k, "JWT", id_claims(&access, "n-1"));
+    let t = verify_code_sample(&cfg, &k, access.clone(), Some(good), "n-1");
+    assert_eq!((t.verified, t.failures.len()), (1, 0), "{t:?}");
+
+    let t = verify_code_sample(
+        &cfg,
+        &k,
+        access.clone(),
+        Some(mint(&k, "JWT", id_claims(&access, "n-1"))),
+        "n-2",
+    );
+    assert_eq!(only_failure(&t), "id_token_nonce_mismatch");
+
+    let mut c = id_claims(&access, "n-1");
+    c["aud"] = json!("other-client");
+    let t = verify_code_sample(&cfg, &k, access.clone(), Some(mint(&k, "JWT", c)), "n-1");
+    assert_eq!(only_failure(&t), "id_token_wrong_aud");
+
+    let mut c = id_claims(&access, "n-1");
+    c["azp"] = json!("other-client");
+    let t = verify_code_sample(&cfg, &k, access.clone(), Some(mint(&k, "JWT", c)), "n-1");
+    assert_eq!(only_failure(&t), "id_token_wrong_azp");
+
+    // at_hash of another access token.
+    let other_access = mint(&k, "at+jwt", access_claims_for_web());
+    let t = verify_code_sample(
+        &cfg,
+        &k,
+        access.clone(),
+        Some(mint(&k, "JWT", id_claims(&other_access, "n-1"))),
+        "n-1",
+    );
+    assert_eq!(only_failure(&t), "id_token_at_hash_mismatch");
+
+    // An access token's typ on an ID token.
+    let t = verify_code_sample(
+        &cfg,
+        &k,
+        access.clone(),
+        Some(mint(&k, "at+jwt", id_claims(&access, "n-1"))),
+        "n-1",
+    );
+    assert_eq!(only_failure(&t), "id_token_typ_not_jwt");
+
+    // `openid` was asked for, so a missing ID token fails.
+    let t = verify_code_sample(&cfg, &k, access, None, "n-1");
+    assert_eq!(only_failure(&t), "no_id_token");
+}
+
+#[test]
+fn pkce_redirects_and_the_login_form_are_read_strictly() {
+    use refbench_loadgen::oidc::{Pkce, Redirect, login_request_id, parse_redirect, s256};
+    // RFC 7636 Appendix B.
+    assert_eq!(
+        s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+        "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    );
+    let mut rng = rand::rng();
+    let p = Pkce::new(&mut rng);
+    assert_eq!(p.verifier.len(), 43);
+    assert_eq!(s256(&p.verifier), p.challenge);
+
+    let cb = "http://127.0.0.1/callback";
+    let ok = format!(
+        "{cb}?code=abc&state={}&iss=http%3A%2F%2F127.0.0.1%3A9%2F",
+        p.state
+    );
+    assert_eq!(
+        parse_redirect(ok.as_bytes(), cb, &p, ISSUER),
+        Redirect::Code("abc".into())
+    );
+    let cases = [
+        (format!("{cb}?code=abc&state=wrong"), "state_mismatch"),
+        (
+            format!("{cb}?code=abc&state={}&iss=http%3A%2F%2Fevil", p.state),
+            "wrong_iss_in_redirect",
+        ),
+        (
+            format!("http://evil.example/callback?code=abc&state={}", p.state),
+            "redirect_to_wrong_uri",
+        ),
+        (
+            format!("{cb}?error=access_denied&state={}", p.state),
+            "authorize_error",
+        ),
+        (format!("{cb}?state={}", p.state), "redirect_without_code"),
+    ];
+    for (loc, why) in cases {
+        assert_eq!(
+            parse_redirect(loc.as_bytes(), cb, &p, ISSUER),
+            Redirect::Refused(why),
+            "{loc}"
+        );
+    }
+
+    let html = r#"<form method="post" action="/login"><input name="username"><input type="password" name="password">
+        <input type="hidden" name="request" value="r-1&amp;2"></form>"#;
+    assert_eq!(login_request_id(html).as_deref(), Some("r-1&2"));
+    assert_eq!(
+        login_request_id("<form><input name=\"username\"></form>"),
+        None
+    );
 }

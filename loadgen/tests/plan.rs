@@ -728,6 +728,35 @@ fn oidc_defaults_and_choices() {
         published.phases[0].oidc.as_ref().unwrap().client_secret,
         plan::REDACTED
     );
+
+    // The user flows default to the built-in web client, test user and redirect URI, and ask for an ID token.
+    let code = resolve(&oidc_profile("flow = \"authorization_code\""));
+    let o = code.phases[0].oidc.as_ref().unwrap();
+    assert_eq!(o.flow, plan::OidcFlow::AuthorizationCode);
+    assert_eq!(o.client_id, plan::OIDC_BUILTIN_WEB_CLIENT_ID);
+    assert_eq!(o.username.as_deref(), Some(plan::OIDC_BUILTIN_USERNAME));
+    assert_eq!(
+        o.redirect_uri.as_deref(),
+        Some(plan::OIDC_BUILTIN_REDIRECT_URI)
+    );
+    assert_eq!(o.scope.as_deref(), Some("openid profile"));
+    assert_eq!(o.verify_every, 20);
+    let published = code.redacted();
+    let p = published.phases[0].oidc.as_ref().unwrap();
+    assert_eq!(p.password.as_deref(), Some(plan::REDACTED));
+    let refresh = resolve(&oidc_profile(
+        "flow = \"refresh_token\"\nusername = \"bob\"\npassword = \"pw\"\nscope = \"openid\"",
+    ));
+    let o = refresh.phases[0].oidc.as_ref().unwrap();
+    assert_eq!(o.flow, plan::OidcFlow::RefreshToken);
+    assert_eq!(
+        (
+            o.username.as_deref(),
+            o.password.as_deref(),
+            o.scope.as_deref()
+        ),
+        (Some("bob"), Some("pw"), Some("openid"))
+    );
 }
 
 #[test]
@@ -750,6 +779,19 @@ fn oidc_refusals_name_their_field() {
         (
             "flow = \"introspect\"\nverify_every = 5",
             "phases[0].oidc.verify_every",
+        ),
+        ("username = \"alice\"", "phases[0].oidc.username"),
+        (
+            "flow = \"authorization_code\"\nusername = \"bob\"",
+            "phases[0].oidc.password",
+        ),
+        (
+            "flow = \"authorization_code\"\npassword = \"pw\"",
+            "phases[0].oidc.password",
+        ),
+        (
+            "flow = \"refresh_token\"\nredirect_uri = \"urn:ietf:wg:oauth:2.0:oob\"",
+            "phases[0].oidc.redirect_uri",
         ),
     ] {
         assert_eq!(

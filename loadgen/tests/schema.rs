@@ -512,6 +512,9 @@ rotate_at_s = [2.0]
                 jwks_read_failures: 0,
                 introspected_active: 0,
                 introspected_inactive: 0,
+                http_requests: 8,
+                flow_failures: BTreeMap::from([("state_mismatch".to_string(), 1)]),
+                refresh_chain_restarts: 0,
                 rotations: vec![OidcRotation {
                     at_s: 2.01,
                     ok: true,
@@ -740,6 +743,11 @@ fn schema_accepts_serde_output_and_rejects_drift() {
             Box::new(|d| {
                 d["profile"]["phases"][5]["oidc"]["client_secret"] = json!("do-not-publish-me")
             }),
+        ),
+        (
+            "user password published",
+            "/profile/phases/5/oidc",
+            Box::new(|d| d["profile"]["phases"][5]["oidc"]["password"] = json!("hunter2")),
         ),
         (
             "target process without its pid",
