@@ -241,6 +241,11 @@ pub fn rotate(addr: SocketAddr, host: &str, token: &str, timeout: Duration) -> R
     }
 }
 
+/// RFC 8693 §2.1's `grant_type`.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693 §3: an OAuth access token (the subject token's type).
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
 /// Form-urlencodes one value (RFC 6749 appendix B; also what §2.3.1 asks for inside Basic).
 fn form(v: &str) -> String {
     form_urlencoded::byte_serialize(v.as_bytes()).collect()
@@ -315,6 +320,24 @@ impl FormRequest {
                 if let Some(r) = &plan.resource {
                     body.push_str("&resource=");
                     body.push_str(&form(r));
+                }
+                (endpoints.token_path.clone(), body)
+            }
+            OidcFlow::TokenExchange => {
+                let mut body = format!(
+                    "grant_type={}&subject_token={}&subject_token_type={}",
+                    form(TOKEN_EXCHANGE_GRANT),
+                    form(endpoints.subject_token.as_deref().unwrap_or("")),
+                    form(ACCESS_TOKEN_TYPE)
+                );
+                for (k, v) in [
+                    ("audience", &plan.audience),
+                    ("resource", &plan.resource),
+                    ("scope", &plan.scope),
+                ] {
+                    if let Some(v) = v {
+                        body.push_str(&format!("&{k}={}", form(v)));
+                    }
                 }
                 (endpoints.token_path.clone(), body)
             }
@@ -795,7 +818,7 @@ impl LaneOidc {
         self.exchanges = 0;
         self.restarted = false;
         match cfg.plan.flow {
-            OidcFlow::ClientCredentials | OidcFlow::Introspect => {
+            OidcFlow::ClientCredentials | OidcFlow::Introspect | OidcFlow::TokenExchange => {
                 self.exchanges = 1;
                 conn.send_raw(&cfg.request, &mut self.response, MAX_OIDC_RESPONSE_BYTES)
                     .await

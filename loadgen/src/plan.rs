@@ -60,6 +60,9 @@ impl Plan {
                 if o.password.is_some() {
                     o.password = Some(REDACTED.into());
                 }
+                if let Some((_, secret)) = o.subject_client.as_mut() {
+                    *secret = REDACTED.into();
+                }
             }
         }
         p
@@ -524,6 +527,9 @@ pub enum OidcFlow {
     /// `grant_type=refresh_token` with rotation: each lane holds one refresh token (obtained through the
     /// authorization code flow before the phase) and every request trades it for a new one.
     RefreshToken,
+    /// Token exchange (RFC 8693): every request exchanges one subject token (an access token obtained before the
+    /// phase from the subject issuer, which may be another target: federation) for a token of the target issuer.
+    TokenExchange,
 }
 
 impl OidcFlow {
@@ -534,6 +540,7 @@ impl OidcFlow {
             OidcFlow::Introspect => "introspect",
             OidcFlow::AuthorizationCode => "authorization_code",
             OidcFlow::RefreshToken => "refresh_token",
+            OidcFlow::TokenExchange => "token_exchange",
         }
     }
 
@@ -599,6 +606,18 @@ pub struct OidcPlan {
     /// authorization_code / refresh_token: the redirect URI the flow names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_uri: Option<String>,
+    /// token_exchange: the target whose issuer mints the subject token (`None`: the phase's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_target: Option<String>,
+    /// token_exchange: the client that obtains the subject token, and its secret (published as `[redacted]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_client: Option<(String, String)>,
+    /// token_exchange: the `resource` of the subject token request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_resource: Option<String>,
+    /// token_exchange: the `audience` parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
     /// Verify one token in this many (0 = none).
     pub verify_every: u64,
     /// Most tokens one loader process keeps for verification.
@@ -615,15 +634,32 @@ fn resolve_oidc(f: &str, o: &OidcSection, duration_s: f64) -> Result<OidcPlan, P
         "introspect" => OidcFlow::Introspect,
         "authorization_code" => OidcFlow::AuthorizationCode,
         "refresh_token" => OidcFlow::RefreshToken,
+        "token_exchange" => OidcFlow::TokenExchange,
         other => {
             return Err(ProfileError::invalid(
                 format!("{f}.flow"),
                 format!(
-                    "`{other}`: use \"client_credentials\", \"introspect\", \"authorization_code\" or \"refresh_token\""
+                    "`{other}`: use \"client_credentials\", \"introspect\", \"authorization_code\", \"refresh_token\" or \"token_exchange\""
                 ),
             ));
         }
     };
+    if flow != OidcFlow::TokenExchange {
+        for (k, set) in [
+            ("subject_target", o.subject_target.is_some()),
+            ("subject_client_id", o.subject_client_id.is_some()),
+            ("subject_client_secret", o.subject_client_secret.is_some()),
+            ("subject_resource", o.subject_resource.is_some()),
+            ("audience", o.audience.is_some()),
+        ] {
+            if set {
+                return Err(ProfileError::invalid(
+                    format!("{f}.{k}"),
+                    "only for flow = \"token_exchange\"",
+                ));
+            }
+        }
+    }
     if !flow.needs_user() {
         for (k, set) in [
             ("username", o.username.is_some()),
@@ -687,6 +723,30 @@ fn resolve_oidc(f: &str, o: &OidcSection, duration_s: f64) -> Result<OidcPlan, P
     param("username", o.username.as_ref())?;
     param("password", o.password.as_ref())?;
     param("redirect_uri", o.redirect_uri.as_ref())?;
+    param("subject_client_id", o.subject_client_id.as_ref())?;
+    param("subject_client_secret", o.subject_client_secret.as_ref())?;
+    param("subject_resource", o.subject_resource.as_ref())?;
+    param("audience", o.audience.as_ref())?;
+    let subject_client = match (&o.subject_client_id, &o.subject_client_secret) {
+        _ if flow != OidcFlow::TokenExchange => None,
+        (None, None) => Some((
+            OIDC_BUILTIN_CLIENT_ID.to_string(),
+            OIDC_BUILTIN_CLIENT_SECRET.to_string(),
+        )),
+        (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
+        (None, Some(_)) => {
+            return Err(ProfileError::invalid(
+                format!("{f}.subject_client_secret"),
+                "give subject_client_id too",
+            ));
+        }
+        (Some(_), None) => {
+            return Err(ProfileError::invalid(
+                format!("{f}.subject_client_secret"),
+                "a subject_client_id needs its subject_client_secret",
+            ));
+        }
+    };
     if let Some(r) = &o.redirect_uri
         && HttpUrl::parse(r).is_err()
     {
@@ -801,6 +861,10 @@ fn resolve_oidc(f: &str, o: &OidcSection, duration_s: f64) -> Result<OidcPlan, P
         username,
         password,
         redirect_uri,
+        subject_target: o.subject_target.clone(),
+        subject_client,
+        subject_resource: o.subject_resource.clone(),
+        audience: o.audience.clone(),
         verify_every,
         max_verified,
         jwks_refresh_ms,
@@ -824,6 +888,7 @@ pub fn oidc_request(o: &OidcPlan) -> RequestPlan {
             OIDC_TOKEN_PATH,
         ),
         OidcFlow::RefreshToken => ("POST token (refresh_token)", OIDC_TOKEN_PATH),
+        OidcFlow::TokenExchange => ("POST token (token_exchange)", OIDC_TOKEN_PATH),
     };
     RequestPlan {
         name: name.into(),
@@ -1453,7 +1518,16 @@ fn resolve_phase(
                     "an OIDC phase generates its own requests (POST to the token endpoint): remove [[phases.requests]]",
                 ));
             }
-            Some(resolve_oidc(&format!("{f}.oidc"), o, duration_s)?)
+            let plan = resolve_oidc(&format!("{f}.oidc"), o, duration_s)?;
+            if let Some(st) = &plan.subject_target
+                && !profile.targets.contains_key(st)
+            {
+                return Err(ProfileError::invalid(
+                    format!("{f}.oidc.subject_target"),
+                    format!("no target `{st}`"),
+                ));
+            }
+            Some(plan)
         }
     };
     let requests = match (&ledger, &cdn, &oidc) {
@@ -1613,6 +1687,59 @@ fn resolve_phase(
     Ok(out)
 }
 
+/// The targets a built-in target's argument names with `{url:NAME}` (replaced by that target's base URL when
+/// loadgen starts it: e.g. an issuer that trusts another issuer started in the same run). `Err` for an unclosed
+/// or empty reference.
+pub fn url_refs(arg: &str) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    let mut rest = arg;
+    while let Some(at) = rest.find("{url:") {
+        let after = &rest[at + 5..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("`{arg}`: `{{url:` without its closing `}}`"))?;
+        let name = &after[..end];
+        if name.is_empty() {
+            return Err(format!("`{arg}`: `{{url:}}` names no target"));
+        }
+        out.push(name);
+        rest = &after[end + 1..];
+    }
+    Ok(out)
+}
+
+/// Replaces every `{url:NAME}` in `arg` with `url(NAME)`.
+pub fn substitute_urls(arg: &str, url: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(at) = rest.find("{url:") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 5..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("`{arg}`: `{{url:` without its closing `}}`"))?;
+        let name = &after[..end];
+        out.push_str(&url(name).ok_or_else(|| format!("`{arg}`: target `{name}` is not running"))?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl TargetKind {
+    /// The targets this one's arguments name with `{url:NAME}` (they start first).
+    pub fn depends_on(&self) -> Vec<String> {
+        match self {
+            TargetKind::Builtin { args, .. } => args
+                .iter()
+                .flat_map(|a| url_refs(a).unwrap_or_default())
+                .map(String::from)
+                .collect(),
+            TargetKind::External { .. } => Vec::new(),
+        }
+    }
+}
+
 /// Validates a profile into a plan.
 pub fn resolve(profile: &Profile, env: Env) -> Result<Plan, ProfileError> {
     check_name("name", &profile.name)?;
@@ -1718,6 +1845,32 @@ pub fn resolve(profile: &Profile, env: Env) -> Result<Plan, ProfileError> {
             name: name.clone(),
             kind,
         });
+    }
+    // `{url:NAME}` references: to another target that references none itself (so start order is two levels and
+    // no cycle can form).
+    for t in &targets {
+        let TargetKind::Builtin { args, .. } = &t.kind else {
+            continue;
+        };
+        for (i, a) in args.iter().enumerate() {
+            let f = format!("targets.{}.args[{i}]", t.name);
+            for r in url_refs(a).map_err(|e| ProfileError::invalid(&f, e))? {
+                let Some(dep) = targets.iter().find(|d| d.name == r) else {
+                    return Err(ProfileError::invalid(
+                        &f,
+                        format!("`{{url:{r}}}` names no target"),
+                    ));
+                };
+                if dep.name == t.name || !dep.kind.depends_on().is_empty() {
+                    return Err(ProfileError::invalid(
+                        &f,
+                        format!(
+                            "`{{url:{r}}}`: a target may name only another target that names none itself"
+                        ),
+                    ));
+                }
+            }
+        }
     }
 
     check_slo("slo", &profile.slo)?;

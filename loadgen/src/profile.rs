@@ -167,8 +167,9 @@ pub struct PhaseSection {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcSection {
-    /// `client_credentials` (default), `introspect`, `authorization_code` (with PKCE, as a logged-in user) or
-    /// `refresh_token` (each lane keeps a rotating refresh token).
+    /// `client_credentials` (default), `introspect`, `authorization_code` (with PKCE, as a logged-in user),
+    /// `refresh_token` (each lane keeps a rotating refresh token) or `token_exchange` (RFC 8693: one subject token,
+    /// obtained before the phase, exchanged by every request).
     pub flow: Option<String>,
     /// The client (default: the built-in issuer's load-test client, `bench-client`).
     pub client_id: Option<String>,
@@ -188,6 +189,19 @@ pub struct OidcSection {
     /// authorization_code and refresh_token flows: the registered redirect URI (default: the built-in `web-app`
     /// client's `http://127.0.0.1/callback`). Nothing listens there: loadgen reads the code from the redirect.
     pub redirect_uri: Option<String>,
+    /// token_exchange: the target whose issuer mints the subject token (default: the phase's own target). With
+    /// another target this is federation: Org A's token exchanged at Org B.
+    pub subject_target: Option<String>,
+    /// token_exchange: the client that obtains the subject token (client_credentials) at the subject issuer
+    /// (default: the built-in `bench-client`).
+    pub subject_client_id: Option<String>,
+    /// Its secret (default: the built-in `bench-client`'s).
+    pub subject_client_secret: Option<String>,
+    /// token_exchange: the `resource` asked for with the subject token (the audience the exchanging issuer
+    /// accepts).
+    pub subject_resource: Option<String>,
+    /// token_exchange: the RFC 8693 `audience` parameter (a logical name the exchanging issuer maps).
+    pub audience: Option<String>,
     /// Verify one token in this many against the JWKS (default 20; 0 = verify none).
     pub verify_every: Option<u64>,
     /// Most tokens one loader process keeps for verification (default 5000).

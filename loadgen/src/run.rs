@@ -366,6 +366,60 @@ fn start_cdn(ctx: &Ctx<'_>, name: &str, topo: &CdnTopology) -> Result<LiveTarget
     })
 }
 
+/// Starts every target some phase uses, and the targets those name (`{url:NAME}` in their arguments, an OIDC
+/// phase's subject issuer) before them, with each `{url:NAME}` replaced by that target's base URL.
+fn start_targets(ctx: &Ctx<'_>, plan: &Plan) -> Result<BTreeMap<String, LiveTarget>, RunError> {
+    let mut used: std::collections::BTreeSet<&str> = plan
+        .phases
+        .iter()
+        .flat_map(|p| {
+            std::iter::once(p.target.as_str()).chain(
+                p.oidc
+                    .as_ref()
+                    .and_then(|o| o.subject_target.as_deref())
+                    .into_iter(),
+            )
+        })
+        .collect();
+    for t in &plan.targets {
+        if used.contains(t.name.as_str()) {
+            for d in t.kind.depends_on() {
+                if let Some(dt) = plan.targets.iter().find(|x| x.name == d) {
+                    used.insert(dt.name.as_str());
+                }
+            }
+        }
+    }
+    let mut live: BTreeMap<String, LiveTarget> = BTreeMap::new();
+    // Targets that name no other first (validation keeps references one level deep).
+    let (first, second): (Vec<_>, Vec<_>) = plan
+        .targets
+        .iter()
+        .filter(|t| used.contains(t.name.as_str()))
+        .partition(|t| t.kind.depends_on().is_empty());
+    for t in first.into_iter().chain(second) {
+        let kind = match &t.kind {
+            TargetKind::Builtin { system, args, cdn } => TargetKind::Builtin {
+                system: system.clone(),
+                args: args
+                    .iter()
+                    .map(|a| {
+                        crate::plan::substitute_urls(a, |n| live.get(n).map(|l| l.url.clone()))
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| {
+                        RunError::io(format!("target {}", t.name), std::io::Error::other(e))
+                    })?,
+                cdn: cdn.clone(),
+            },
+            k => k.clone(),
+        };
+        let started = start_target(ctx, &t.name, &kind)?;
+        live.insert(t.name.clone(), started);
+    }
+    Ok(live)
+}
+
 fn start_target(ctx: &Ctx<'_>, name: &str, kind: &TargetKind) -> Result<LiveTarget, RunError> {
     match kind {
         TargetKind::Builtin {
@@ -1000,13 +1054,7 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
         None => None,
     };
 
-    let mut live: BTreeMap<String, LiveTarget> = BTreeMap::new();
-    for t in &plan.targets {
-        // Start only targets some phase uses.
-        if plan.phases.iter().any(|p| p.target == t.name) {
-            live.insert(t.name.clone(), start_target(&ctx, &t.name, &t.kind)?);
-        }
-    }
+    let mut live = start_targets(&ctx, &plan)?;
 
     let mut phases = Vec::new();
     let mut warmups = Vec::new();
@@ -1035,12 +1083,16 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
             cdn_prepare(c, target)?;
         }
         let oidc_endpoints = match &phase.oidc {
-            Some(o) => Some(oidc_prepare(
-                o,
-                target,
-                plan.limits.request_timeout_ms,
-                phase.duration_s,
-            )?),
+            Some(o) => {
+                let subject = o.subject_target.as_ref().map_or(target, |name| &live[name]);
+                Some(oidc_prepare(
+                    o,
+                    target,
+                    subject,
+                    plan.limits.request_timeout_ms,
+                    phase.duration_s,
+                )?)
+            }
             None => None,
         };
         let run = run_phase(&mut ctx, phase, target, &label, oidc_endpoints.as_ref());
@@ -1307,6 +1359,7 @@ fn base_prefix(t: &LiveTarget) -> String {
 fn oidc_prepare(
     o: &OidcPlan,
     t: &LiveTarget,
+    subject: &LiveTarget,
     request_timeout_ms: u64,
     duration_s: f64,
 ) -> Result<OidcEndpoints, RunError> {
@@ -1332,6 +1385,36 @@ fn oidc_prepare(
         if (expires_in as f64) < duration_s + 5.0 {
             return Err(err(format!(
                 "the issuer's access tokens live {expires_in} s, less than the introspection phase ({duration_s} s) and a margin"
+            )));
+        }
+        e.subject_token = Some(token);
+    }
+    if o.flow == OidcFlow::TokenExchange {
+        // The subject token: client_credentials at the subject issuer (another target for federation), asked for
+        // the audience the exchanging issuer accepts. It must outlive the phase.
+        let serr = |reason: String| {
+            RunError::io(
+                format!("subject issuer {}", subject.name),
+                std::io::Error::other(reason),
+            )
+        };
+        let sbase = HttpUrl::parse(&subject.url).map_err(serr)?;
+        let se = oidcmod::discover(&sbase, subject.addr, timeout).map_err(serr)?;
+        let (id, secret) = o.subject_client.clone().unwrap_or_default();
+        let sp = OidcPlan {
+            flow: OidcFlow::ClientCredentials,
+            client_id: id,
+            client_secret: secret,
+            auth: crate::plan::OidcAuth::Basic,
+            scope: None,
+            resource: o.subject_resource.clone(),
+            ..o.clone()
+        };
+        let (token, expires_in) =
+            oidcmod::obtain_token(&sp, &sbase, subject.addr, &se, timeout).map_err(serr)?;
+        if (expires_in as f64) < duration_s + 5.0 {
+            return Err(serr(format!(
+                "the subject issuer's access tokens live {expires_in} s, less than the exchange phase ({duration_s} s) and a margin"
             )));
         }
         e.subject_token = Some(token);

@@ -818,3 +818,96 @@ fn oidc_refusals_name_their_field() {
         "unknown keys in [phases.oidc] are refused"
     );
 }
+
+#[test]
+fn token_exchange_defaults_and_refusals() {
+    let two = |extra: &str| {
+        profile(
+            "[targets.org-a]\nbuiltin = \"oidc\"\n",
+            &format!("[phases.oidc]\nflow = \"token_exchange\"\n{extra}"),
+        )
+    };
+    let plan = resolve(&two(
+        "subject_target = \"org-a\"\nsubject_resource = \"https://org-b.test\"\naudience = \"reports\"",
+    ));
+    let o = plan.phases[0].oidc.as_ref().unwrap();
+    assert_eq!(o.flow, plan::OidcFlow::TokenExchange);
+    assert_eq!(o.subject_target.as_deref(), Some("org-a"));
+    assert_eq!(
+        o.subject_client,
+        Some((
+            plan::OIDC_BUILTIN_CLIENT_ID.to_string(),
+            plan::OIDC_BUILTIN_CLIENT_SECRET.to_string()
+        ))
+    );
+    let published = plan.redacted();
+    assert_eq!(
+        published.phases[0].oidc.as_ref().unwrap().subject_client,
+        Some((
+            plan::OIDC_BUILTIN_CLIENT_ID.to_string(),
+            plan::REDACTED.to_string()
+        ))
+    );
+    for (extra, field) in [
+        ("subject_target = \"nope\"", "phases[0].oidc.subject_target"),
+        (
+            "subject_client_id = \"c\"",
+            "phases[0].oidc.subject_client_secret",
+        ),
+        (
+            "subject_client_secret = \"s\"",
+            "phases[0].oidc.subject_client_secret",
+        ),
+    ] {
+        assert_eq!(refused_field(&two(extra), two_cpus()), field, "{extra}");
+    }
+    // The exchange keys belong to the exchange flow only.
+    assert_eq!(
+        refused_field(&oidc_profile("audience = \"x\""), two_cpus()),
+        "phases[0].oidc.audience"
+    );
+}
+
+#[test]
+fn targets_may_name_other_targets_urls_one_level_deep() {
+    let with = |targets: &str| {
+        format!(
+            "name = \"t\"\n{targets}\n[[phases]]\nname = \"p\"\ntarget = \"b\"\nmodel = \"open\"\nrate_rps = 100\nduration_s = 10\n"
+        )
+    };
+    let plan = resolve(&with(
+        "[targets.a]\nbuiltin = \"oidc\"\n[targets.b]\nbuiltin = \"oidc\"\nargs = [\"--trusted-issuer\", \"org-a={url:a}\"]",
+    ));
+    let b = plan.targets.iter().find(|t| t.name == "b").unwrap();
+    assert_eq!(b.kind.depends_on(), vec!["a".to_string()]);
+    assert_eq!(
+        plan::substitute_urls("org-a={url:a}/x", |n| (n == "a")
+            .then(|| "http://127.0.0.1:9".into()))
+        .unwrap(),
+        "org-a=http://127.0.0.1:9/x"
+    );
+    for (targets, field) in [
+        (
+            "[targets.b]\nbuiltin = \"oidc\"\nargs = [\"{url:zz}\"]",
+            "targets.b.args[0]",
+        ),
+        (
+            "[targets.b]\nbuiltin = \"oidc\"\nargs = [\"x\", \"{url:b}\"]",
+            "targets.b.args[1]",
+        ),
+        (
+            "[targets.b]\nbuiltin = \"oidc\"\nargs = [\"{url:a\"]\n[targets.a]\nbuiltin = \"floor\"",
+            "targets.b.args[0]",
+        ),
+        (
+            "[targets.a]\nbuiltin = \"oidc\"\nargs = [\"{url:c}\"]\n[targets.c]\nbuiltin = \"floor\"\n[targets.b]\nbuiltin = \"oidc\"\nargs = [\"{url:a}\"]",
+            "targets.b.args[0]",
+        ),
+    ] {
+        assert_eq!(
+            refused_field(&with(targets), two_cpus()),
+            field,
+            "{targets}"
+        );
+    }
+}
