@@ -373,12 +373,8 @@ fn start_targets(ctx: &Ctx<'_>, plan: &Plan) -> Result<BTreeMap<String, LiveTarg
         .phases
         .iter()
         .flat_map(|p| {
-            std::iter::once(p.target.as_str()).chain(
-                p.oidc
-                    .as_ref()
-                    .and_then(|o| o.subject_target.as_deref())
-                    .into_iter(),
-            )
+            std::iter::once(p.target.as_str())
+                .chain(p.oidc.as_ref().and_then(|o| o.subject_target.as_deref()))
         })
         .collect();
     for t in &plan.targets {
