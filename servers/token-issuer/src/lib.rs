@@ -39,6 +39,7 @@
 //! (`config::User`, used by the later login work) are the low-entropy case and must be hashed with argon2id.
 
 pub mod app;
+pub mod authorize;
 pub mod client_auth;
 pub mod clock;
 pub mod config;
@@ -46,13 +47,17 @@ pub mod discovery;
 pub mod error;
 pub mod form;
 pub mod grants;
+pub mod id_token;
 pub mod keys;
 pub mod metrics;
 pub mod oauth;
+pub mod password;
 pub mod revoke;
 pub mod secret;
 pub mod server;
+pub mod store;
 pub mod token;
+pub mod userinfo;
 pub mod verify;
 
 pub use app::{Inactive, Issuer, MAX_FORM_BODY_BYTES, OidcApp, app};
