@@ -158,6 +158,13 @@ impl RefreshStore {
             .unwrap_or(Redeemed::Unknown)
     }
 
+    /// Undoes [`RefreshStore::redeem`] when the successor could not be issued (a full store), so that the client's
+    /// retry is not mistaken for reuse.
+    pub fn unredeem(&self, token: &str, now_s: u64) {
+        self.tokens
+            .with_mut(&key_of(token), now_s, |e, _| e.used = false);
+    }
+
     /// The entry of `token`, used or not, without changing it (introspection, revocation).
     pub fn peek(&self, token: &str, now_s: u64) -> Option<(RefreshEntry, u64)> {
         self.tokens
@@ -298,15 +305,19 @@ pub fn issue(req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
             );
         }
     }
-    let refresh_token = store
-        .issue(
-            RefreshEntry {
-                used: false,
-                ..entry.clone()
-            },
-            req.now_s,
-        )
-        .map_err(full)?;
+    let refresh_token = match store.issue(
+        RefreshEntry {
+            used: false,
+            ..entry.clone()
+        },
+        req.now_s,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            store.unredeem(token, req.now_s);
+            return Err(full(e));
+        }
+    };
     Ok(TokenResponse {
         access_token: tokens.access_token,
         token_type: "Bearer",
