@@ -49,21 +49,21 @@ pub const MAX_QUERY_BYTES: usize = 4 * 1024;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizationFile {
-    /// Lifetime of an authorization code, seconds [60].
+    /// Lifetime of an authorization code, seconds (default 60).
     pub code_lifetime_s: Option<u64>,
-    /// How long a login form stays usable, seconds [600].
+    /// How long a login form stays usable, seconds (default 600).
     pub pending_lifetime_s: Option<u64>,
-    /// Lifetime of a login session, seconds [3600].
+    /// Lifetime of a login session, seconds (default 3600).
     pub session_lifetime_s: Option<u64>,
-    /// Most authorization requests waiting for a login [10000].
+    /// Most authorization requests waiting for a login (default 10000).
     pub max_pending_requests: Option<usize>,
-    /// Most codes issued and not yet expired (redeemed ones are kept until expiry for reuse detection) [10000].
+    /// Most codes issued and not yet expired (redeemed ones are kept until expiry for reuse detection) (default 10000).
     pub max_codes: Option<usize>,
-    /// Most live sessions [100000].
+    /// Most live sessions (default 100000).
     pub max_sessions: Option<usize>,
-    /// Most refresh tokens, used ones included until they expire, and as many grant families [1000000].
+    /// Most refresh tokens, used ones included until they expire, and as many grant families (default 1000000).
     pub max_refresh_tokens: Option<usize>,
-    /// Wrong passwords tolerated per login form before it is discarded [5].
+    /// Wrong passwords tolerated per login form before it is discarded (default 5).
     pub max_failed_logins: Option<u32>,
 }
 
