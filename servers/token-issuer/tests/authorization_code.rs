@@ -491,3 +491,67 @@ async fn discovery_lists_the_flow() {
             .any(|m| m == "none")
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_login_form_is_discarded_after_too_many_failures() {
+    let (app, _) = cheap_app("authorization.max_failed_logins = 2");
+    let form = get(&app, &authorize_query(WEB_ID, WEB_CB, "openid", ""), None).await;
+    let request = request_id(&form);
+    assert_eq!(
+        login(&app, &request, "alice", "x").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = login(&app, &request, "alice", "y").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["error"], "access_denied");
+    // Even the right password no longer works on it.
+    let r = login(&app, &request, "alice", "alice-password").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.header("set-cookie").is_none());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn users_may_be_configured_with_an_argon2id_hash() {
+    let params = refbench_oidc::password::PasswordParams {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+        max_in_flight: 1,
+    };
+    let phc = refbench_oidc::password::hash_password("carol-password", &params).unwrap();
+    let text = format!(
+        r#"
+[[clients]]
+client_id = "web-app"
+client_secret = "web-secret-0123456789abcdef"
+grant_types = ["authorization_code"]
+redirect_uris = ["http://127.0.0.1/callback"]
+scopes = ["openid"]
+audience = "https://api.refbench.test"
+
+[[users]]
+username = "carol"
+password_hash = "{phc}"
+"#
+    );
+    let cfg = refbench_oidc::FileConfig::parse(&text, std::path::Path::new("t.toml"))
+        .unwrap()
+        .resolve(
+            refbench_oidc::secret::SecretHasher::random().unwrap(),
+            false,
+        )
+        .unwrap();
+    let (app, _) = test_app(cfg);
+    let form = get(&app, &authorize_query(WEB_ID, WEB_CB, "openid", ""), None).await;
+    let r = login(&app, &request_id(&form), "carol", "carol-password").await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    let code = param(&location_params(&r), "code").unwrap();
+    let v = redeem(&app, WEB_ID, WEB_CB, &code, VERIFIER).await.json();
+    assert!(
+        v["refresh_token"].is_null(),
+        "no refresh_token grant, no refresh token"
+    );
+    let set = jwks(&app).await;
+    let id = verify_independently(v["id_token"].as_str().unwrap(), &set, ISSUER, WEB_ID).claims;
+    assert_eq!(id["sub"], "carol", "sub defaults to the username");
+}

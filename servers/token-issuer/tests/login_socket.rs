@@ -80,4 +80,27 @@ async fn code_flow_over_http() {
     // The session cookie gives SSO over the socket too.
     let r = send(addr, Method::GET, &target, &[("cookie", &cookie)], b"").await;
     assert!(param(&location_params(&r), "code").is_some());
+    // A wrong password over the socket, then the metrics of all this.
+    let form = send(addr, Method::GET, &target, &[], b"").await;
+    let body = format!("request={}&username=bob&password=wrong", request_id(&form));
+    let r = send(
+        addr,
+        Method::POST,
+        "/login",
+        &[("content-type", FORM)],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let m = send(server.started.admin_addr, Method::GET, "/metrics", &[], b"").await;
+    let text = String::from_utf8_lossy(&m.body);
+    for line in [
+        "oidc_logins_total{result=\"ok\"} 1",
+        "oidc_logins_total{result=\"failed\"} 1",
+        "oidc_grants_total{grant=\"authorization_code\"} 1",
+        "oidc_codes_issued_total 2",
+        "oidc_sessions 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
 }
