@@ -20,12 +20,14 @@ use refbench_common::h1::{FastPath, Head, Out};
 use refbench_common::http::{BodyError, read_body_limited};
 use serde::Serialize;
 
+use crate::authorize::UserFlows;
+use crate::client_auth::AuthMethod;
 use crate::client_auth::{ClientRegistry, authenticate};
 use crate::clock::Clock;
 use crate::config::{Client, Lifetimes, ResolvedConfig};
 use crate::discovery::{
-    ADMIN_ROTATE_PATH, Discovery, INTROSPECT_PATH, JWKS_PATH, OAUTH_METADATA_PATH,
-    OPENID_CONFIGURATION_PATH, REVOKE_PATH, TOKEN_PATH,
+    ADMIN_ROTATE_PATH, AUTHORIZE_PATH, Discovery, INTROSPECT_PATH, JWKS_PATH, LOGIN_PATH,
+    OAUTH_METADATA_PATH, OPENID_CONFIGURATION_PATH, REVOKE_PATH, TOKEN_PATH, USERINFO_PATH,
 };
 use crate::error::OidcError;
 use crate::form::Form;
@@ -63,6 +65,8 @@ pub struct Issuer {
     discovery_cache_control: HeaderValue,
     jwks_cache_control: HeaderValue,
     admin_token: Option<AdminToken>,
+    /// Users, sessions, codes and refresh tokens (the authorization code flow; see `authorize`).
+    flows: UserFlows,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -102,6 +106,7 @@ pub fn app(
     let discovery = Discovery::new(issuer, cfg.signing_alg, scopes);
     let discovery_json =
         serde_json::to_vec(&discovery).map_err(|e| OidcError::Internal(e.to_string()))?;
+    let flows = UserFlows::new(&cfg).map_err(|e| OidcError::Internal(e.to_string()))?;
     let metrics = OidcMetrics::new();
     metrics
         .published_keys
@@ -125,6 +130,7 @@ pub fn app(
             discovery_cache_control: cache_control(DISCOVERY_MAX_AGE_S)?,
             jwks_cache_control: cache_control(cfg.jwks_max_age_s)?,
             admin_token,
+            flows,
         }),
     })
 }
@@ -148,6 +154,31 @@ impl Issuer {
     /// The clock.
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// The registered clients.
+    pub fn clients(&self) -> &ClientRegistry {
+        &self.clients
+    }
+
+    /// The authorization code flow's users and stores.
+    pub fn flows(&self) -> &UserFlows {
+        &self.flows
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &OidcMetrics {
+        &self.metrics
+    }
+
+    /// The revocation set.
+    pub fn revoked(&self) -> &Revocations {
+        &self.revoked
+    }
+
+    /// Clock leeway, seconds.
+    pub fn leeway_s(&self) -> u64 {
+        self.leeway_s
     }
 
     /// The verification expectations of this issuer (any audience).
@@ -268,6 +299,14 @@ impl OidcApp {
             INTROSPECT_PATH if post => FormEndpoint::Introspect,
             REVOKE_PATH if post => FormEndpoint::Revoke,
             ADMIN_ROTATE_PATH if post => return self.admin_rotate(&parts.headers),
+            AUTHORIZE_PATH if get => return crate::authorize::authorize(&self.inner, &parts),
+            LOGIN_PATH if post => return self.login(&parts, body).await,
+            USERINFO_PATH if get || post => {
+                return crate::userinfo::userinfo(&self.inner, &parts);
+            }
+            AUTHORIZE_PATH => return not_allowed("GET, HEAD"),
+            LOGIN_PATH => return not_allowed("POST"),
+            USERINFO_PATH => return not_allowed("GET, HEAD, POST"),
             OPENID_CONFIGURATION_PATH | OAUTH_METADATA_PATH | JWKS_PATH => {
                 return not_allowed("GET, HEAD");
             }
@@ -310,6 +349,33 @@ impl OidcApp {
         r
     }
 
+    /// `POST /login`: the form body, then [`crate::authorize::login`].
+    async fn login<B>(&self, parts: &Parts, body: B) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let parsed = async {
+            check_form_content_type(&parts.headers)?;
+            let body = read_body_limited(body, MAX_FORM_BODY_BYTES)
+                .await
+                .map_err(|e| OAuthError::invalid_request(e.to_string()))?;
+            Ok::<_, OAuthError>(body)
+        }
+        .await;
+        let body = match parsed {
+            Ok(b) => b,
+            Err(e) => return e.to_response(),
+        };
+        let form = match Form::parse(&body) {
+            Ok(f) => f,
+            Err(e) => return OAuthError::invalid_request(e.to_string()).to_response(),
+        };
+        // The cookie is marked Secure when the issuer is https (browsers drop Secure cookies over plain http).
+        let secure = self.inner.issuer.starts_with("https://");
+        crate::authorize::login(&self.inner, &form, secure).await
+    }
+
     async fn form_endpoint<B>(
         &self,
         endpoint: FormEndpoint,
@@ -335,6 +401,13 @@ impl OidcApp {
         let issuer = &*self.inner;
         let auth = authenticate(&parts.headers, &form, &issuer.clients, &issuer.hasher)?;
         let now_s = issuer.clock.now_s();
+        if auth.method == AuthMethod::None && endpoint == FormEndpoint::Introspect {
+            // RFC 7662 §2.1: the caller must be authorized to introspect; a public client holds no credential.
+            return Err(OAuthError::invalid_client(
+                "a public client may not introspect tokens",
+                true,
+            ));
+        }
         match endpoint {
             FormEndpoint::Token => self.token(&auth.client, &form, now_s),
             FormEndpoint::Introspect => self.introspect(&auth.client, &form, now_s),
@@ -373,6 +446,8 @@ impl OidcApp {
         // One arm per grant; new grants add theirs here (see `grants`).
         let response = match grant {
             Grant::ClientCredentials => grants::client_credentials::issue(&req)?,
+            Grant::AuthorizationCode => grants::authorization_code::issue(&req)?,
+            Grant::RefreshToken => grants::refresh_token::issue(&req)?,
         };
         self.inner.metrics.grant(grant);
         let body = serde_json::to_vec(&response)
@@ -393,7 +468,10 @@ impl OidcApp {
         let token = form
             .get("token")
             .ok_or_else(|| OAuthError::missing("token"))?;
-        // `token_type_hint` may be ignored (RFC 7662 §2.1); access tokens are the only kind so far.
+        // `token_type_hint` may be ignored (RFC 7662 §2.1): a JWS has dots, a refresh token never does.
+        if !token.contains('.') {
+            return self.introspect_refresh(client, token, now_s);
+        }
         let claims = self
             .inner
             .verify(token, now_s)
@@ -445,6 +523,23 @@ impl OidcApp {
             no_store(&mut r);
             Ok(r)
         };
+        if !token.contains('.') {
+            // A refresh token: revoking it revokes its grant (RFC 7009 §2.1).
+            let refresh = &issuer.flows.refresh;
+            let Some((entry, _)) = refresh.peek(token, now_s) else {
+                return ok();
+            };
+            if entry.client_id != client.id {
+                return Err(OAuthError::new(
+                    ErrorCode::UnauthorizedClient,
+                    "the token was issued to another client",
+                ));
+            }
+            let jtis = refresh.revoke_family(&entry.family, now_s);
+            grants::refresh_token::revoke_jtis(issuer, &jtis, now_s)?;
+            issuer.metrics.revocations.increment(1);
+            return ok();
+        }
         let Ok(claims) = verify_access_token(token, &keys, &issuer.expected(), now_s) else {
             return ok();
         };
@@ -478,6 +573,45 @@ impl OidcApp {
                 Ok(r)
             }
         }
+    }
+
+    /// Introspection of a refresh token: active while unused, unexpired and its grant not revoked.
+    fn introspect_refresh(
+        &self,
+        client: &Client,
+        token: &str,
+        now_s: u64,
+    ) -> Result<Response<Full<Bytes>>, OAuthError> {
+        let flows = &self.inner.flows;
+        let active = flows
+            .refresh
+            .peek(token, now_s)
+            .filter(|(e, _)| !e.used && flows.refresh.family_active(&e.family, now_s))
+            .filter(|(e, _)| client.introspect_any || e.client_id == client.id);
+        let body = match active {
+            Some((e, exp)) => {
+                self.inner.metrics.introspections_active.increment(1);
+                serde_json::json!({
+                    "active": true,
+                    "token_type": "refresh_token",
+                    "client_id": e.client_id,
+                    "scope": e.scope,
+                    "sub": flows.users.get(e.user).map(|u| u.sub.as_str()),
+                    "iss": self.inner.issuer,
+                    "exp": exp,
+                })
+            }
+            None => {
+                self.inner.metrics.introspections_inactive.increment(1);
+                serde_json::json!({"active": false})
+            }
+        };
+        let mut r = json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&body).unwrap_or_default(),
+        );
+        no_store(&mut r);
+        Ok(r)
     }
 
     /// `POST /admin/rotate` with `Authorization: Bearer <admin token>`.
@@ -542,7 +676,7 @@ impl OidcApp {
 
 /// `application/x-www-form-urlencoded` is required (RFC 6749 §3.2, RFC 7662 §2.1, RFC 7009 §2.1); a `charset`, if
 /// given, must be UTF-8. Anything else is `invalid_request` (400): an OAuth client reads OAuth errors, not 415s.
-fn check_form_content_type(headers: &HeaderMap) -> Result<(), OAuthError> {
+pub(crate) fn check_form_content_type(headers: &HeaderMap) -> Result<(), OAuthError> {
     let wrong =
         || OAuthError::invalid_request("Content-Type must be application/x-www-form-urlencoded");
     let mut values = headers.get_all(CONTENT_TYPE).iter();

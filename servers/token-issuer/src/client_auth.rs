@@ -25,17 +25,26 @@ pub enum AuthMethod {
     ClientSecretBasic,
     /// `client_id` and `client_secret` in the form body.
     ClientSecretPost,
+    /// A public client (RFC 6749 §2.1): only `client_id` in the body, no secret. Allowed only for the
+    /// authorization code (with PKCE) and refresh token grants and for revoking its own tokens, never for
+    /// `client_credentials` or introspection.
+    None,
 }
 
 impl AuthMethod {
     /// Every implemented method (`private_key_jwt`, RFC 7523, comes later).
-    pub const ALL: [AuthMethod; 2] = [AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost];
+    pub const ALL: [AuthMethod; 3] = [
+        AuthMethod::ClientSecretBasic,
+        AuthMethod::ClientSecretPost,
+        AuthMethod::None,
+    ];
 
     /// The registered name.
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::ClientSecretBasic => "client_secret_basic",
             AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::None => "none",
         }
     }
 }
@@ -113,10 +122,17 @@ pub fn authenticate(
             let id = post_id.ok_or_else(|| OAuthError::missing("client_id"))?;
             check(clients, hasher, id, secret, AuthMethod::ClientSecretPost)
         }
-        (None, None) => Err(OAuthError::invalid_client(
-            "no client authentication: use client_secret_basic or client_secret_post",
-            true,
-        )),
+        (None, None) => match post_id.and_then(|id| clients.get(id)) {
+            // A public client identifies itself only; what it may do is limited per endpoint and grant.
+            Some(c) if c.auth_method == Some(AuthMethod::None) => Ok(Authenticated {
+                client: Arc::clone(c),
+                method: AuthMethod::None,
+            }),
+            _ => Err(OAuthError::invalid_client(
+                "no client authentication: use client_secret_basic or client_secret_post",
+                true,
+            )),
+        },
     }
 }
 
@@ -132,7 +148,8 @@ fn check(
     let ok = secret.len() <= MAX_CLIENT_SECRET_CHARS
         && hasher.verify(secret.as_bytes(), client.and_then(|c| c.secret.as_ref()));
     match client {
-        Some(c) if ok => Ok(Authenticated {
+        // A client registered for one secret method may not use the other (checked after the same work).
+        Some(c) if ok && c.auth_method.is_none_or(|m| m == method) => Ok(Authenticated {
             client: Arc::clone(c),
             method,
         }),

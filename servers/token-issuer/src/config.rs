@@ -53,13 +53,40 @@ grant_types = []
 scopes = ["read"]
 audience = "https://api.refbench.test"
 
-# Users are for the login and authorization-code work that comes later; nothing reads them yet.
+# A confidential web application: authorization code with PKCE, refresh tokens, OpenID Connect.
+[[clients]]
+client_id = "web-app"
+client_secret = "web-secret-0123456789abcdef"
+grant_types = ["authorization_code", "refresh_token"]
+redirect_uris = ["http://127.0.0.1/callback", "http://localhost/callback", "https://app.refbench.test/callback"]
+scopes = ["openid", "profile", "email", "read", "write", "offline_access"]
+default_scopes = ["openid"]
+audience = "https://api.refbench.test"
+
+# A public native application (no secret, RFC 8252): loopback redirect URIs, any port (RFC 8252 §7.3).
+[[clients]]
+client_id = "native-app"
+token_endpoint_auth_method = "none"
+grant_types = ["authorization_code", "refresh_token"]
+redirect_uris = ["http://127.0.0.1/callback", "http://[::1]/callback"]
+scopes = ["openid", "profile", "email", "read", "offline_access"]
+default_scopes = ["openid"]
+audience = "https://api.refbench.test"
+
+# Test users for /login; their passwords are hashed with argon2id at start and the plaintext dropped.
 [[users]]
 username = "alice"
 password = "alice-password"
 sub = "user-alice"
 name = "Alice Example"
 email = "alice@refbench.test"
+
+[[users]]
+username = "bob"
+password = "bob-password"
+sub = "user-bob"
+name = "Bob Example"
+email = "bob@refbench.test"
 "#;
 
 /// Largest access or ID token lifetime: one day. Longer-lived bearer tokens are what refresh tokens are for.
@@ -114,7 +141,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         reason: reason.into(),
@@ -146,8 +173,12 @@ pub struct FileConfig {
     pub max_revoked_tokens: Option<usize>,
     /// Registered clients.
     pub clients: Option<Vec<FileClient>>,
-    /// Users (for the later login work).
+    /// Users who can log in at `/login`.
     pub users: Option<Vec<FileUser>>,
+    /// `[password_hashing]`: argon2id cost of user passwords (see [`crate::password`]).
+    pub password_hashing: Option<crate::password::PasswordHashingFile>,
+    /// `[authorization]`: limits of the authorization-code flow's stores (see [`crate::authorize`]).
+    pub authorization: Option<crate::authorize::AuthorizationFile>,
 }
 
 /// One client as written.
@@ -163,6 +194,12 @@ pub struct FileClient {
     pub client_secret_hmac: Option<String>,
     /// Grants the client may use; default `["client_credentials"]`.
     pub grant_types: Option<Vec<String>>,
+    /// `client_secret_basic`, `client_secret_post` or `none` (a public client: no secret, authorization code with
+    /// PKCE and refresh tokens only). Absent: both secret methods.
+    pub token_endpoint_auth_method: Option<String>,
+    /// Redirect URIs registered for the authorization code flow (compared as exact strings).
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
     /// Scopes the client may be granted.
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -186,9 +223,11 @@ pub struct FileClient {
 pub struct FileUser {
     /// Login name.
     pub username: String,
-    /// Password, for test users only. The login work must hash it at load with a slow, memory-hard KDF
-    /// (argon2id): human passwords are low-entropy, unlike client secrets.
-    pub password: String,
+    /// Password, for test users only: hashed at load with argon2id (human passwords are low-entropy, unlike client
+    /// secrets) and dropped.
+    pub password: Option<String>,
+    /// The password as an argon2id PHC string (`$argon2id$v=19$m=..,t=..,p=..$salt$hash`), instead of `password`.
+    pub password_hash: Option<String>,
     /// Subject identifier (`sub`); default: the username.
     pub sub: Option<String>,
     /// Display name (`name` claim).
@@ -202,9 +241,12 @@ pub struct FileUser {
 pub struct Client {
     /// The client id.
     pub id: String,
-    /// The stored secret hash. An `Option` so that clients without a secret (public clients with PKCE,
-    /// `private_key_jwt`) can be added later; every client has one today.
+    /// The stored secret hash; `None` for a public client.
     pub secret: Option<SecretHash>,
+    /// The one authentication method configured; `None` = `client_secret_basic` or `client_secret_post`.
+    pub auth_method: Option<crate::client_auth::AuthMethod>,
+    /// Registered redirect URIs (exact match; loopback any-port for public clients, see [`crate::authorize`]).
+    pub redirect_uris: Vec<String>,
     /// Allowed grants.
     pub grants: GrantSet,
     /// Allowed scopes.
@@ -231,13 +273,13 @@ impl Client {
     }
 }
 
-/// A user, validated (nothing reads these yet).
+/// A user, validated.
 #[derive(Debug, Clone)]
 pub struct User {
     /// Login name.
     pub username: String,
-    /// Plaintext test password: the login work replaces this with an argon2id hash.
-    pub password: String,
+    /// The argon2id PHC string of the password.
+    pub password_hash: Arc<str>,
     /// Subject identifier.
     pub sub: String,
     /// Display name.
@@ -288,6 +330,10 @@ pub struct ResolvedConfig {
     pub users: Vec<User>,
     /// Hashes presented secrets (holds the pepper).
     pub hasher: SecretHasher,
+    /// argon2id cost of user passwords and the bound on checks in flight.
+    pub password_params: crate::password::PasswordParams,
+    /// Limits of the authorization-code flow.
+    pub authorization: crate::authorize::AuthorizationLimits,
 }
 
 impl FileConfig {
@@ -393,7 +439,9 @@ impl FileConfig {
         let clients = self.clients.unwrap_or_default();
         let users = self.users.unwrap_or_default();
         let clients = resolve_clients(clients, &hasher, pepper_given)?;
-        let users = resolve_users(users)?;
+        let password_params = self.password_hashing.unwrap_or_default().resolve()?;
+        let authorization = self.authorization.unwrap_or_default().resolve()?;
+        let users = resolve_users(users, &password_params)?;
         Ok(ResolvedConfig {
             issuer,
             signing_alg,
@@ -405,6 +453,8 @@ impl FileConfig {
             clients,
             users,
             hasher,
+            password_params,
+            authorization,
         })
     }
 }
@@ -503,7 +553,29 @@ fn resolve_clients(
                 format!("{:?} is registered twice", c.client_id),
             ));
         }
+        let auth_method = match c.token_endpoint_auth_method.as_deref() {
+            None => None,
+            Some(m) => Some(
+                crate::client_auth::AuthMethod::ALL
+                    .into_iter()
+                    .find(|a| a.as_str() == m)
+                    .ok_or_else(|| {
+                        invalid(
+                            f("token_endpoint_auth_method"),
+                            format!("unknown method {m:?}: client_secret_basic, client_secret_post or none"),
+                        )
+                    })?,
+            ),
+        };
+        let public = auth_method == Some(crate::client_auth::AuthMethod::None);
         let secret = match (c.client_secret, c.client_secret_hmac) {
+            (Some(_), _) | (_, Some(_)) if public => {
+                return Err(invalid(
+                    f("client_secret"),
+                    "a public client (token_endpoint_auth_method = \"none\") has no secret",
+                ));
+            }
+            (None, None) if public => None,
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     f("client_secret"),
@@ -530,7 +602,7 @@ fn resolve_clients(
                         ),
                     ));
                 }
-                hasher.hash(s.as_bytes())
+                Some(hasher.hash(s.as_bytes()))
             }
             (None, Some(h)) => {
                 if !pepper_given {
@@ -539,8 +611,10 @@ fn resolve_clients(
                         "needs the pepper it was made under: start with --secret-pepper-file",
                     ));
                 }
-                SecretHash::from_b64(&h)
-                    .map_err(|e| invalid(f("client_secret_hmac"), e.to_string()))?
+                Some(
+                    SecretHash::from_b64(&h)
+                        .map_err(|e| invalid(f("client_secret_hmac"), e.to_string()))?,
+                )
             }
         };
         let mut grants = GrantSet::default();
@@ -557,6 +631,13 @@ fn resolve_clients(
             })?;
             grants.insert(grant);
         }
+        crate::authorize::check_client_flows(
+            i,
+            public,
+            grants,
+            c.introspect_any,
+            &c.redirect_uris,
+        )?;
         if c.scopes.len() > MAX_SCOPES_PER_CLIENT {
             return Err(invalid(
                 f("scopes"),
@@ -617,7 +698,9 @@ fn resolve_clients(
         }
         out.push(Arc::new(Client {
             id: c.client_id,
-            secret: Some(secret),
+            secret,
+            auth_method,
+            redirect_uris: c.redirect_uris,
             grants,
             scopes: c.scopes,
             default_scope,
@@ -629,7 +712,10 @@ fn resolve_clients(
     Ok(out)
 }
 
-fn resolve_users(users: Vec<FileUser>) -> Result<Vec<User>, ConfigError> {
+fn resolve_users(
+    users: Vec<FileUser>,
+    params: &crate::password::PasswordParams,
+) -> Result<Vec<User>, ConfigError> {
     if users.len() > MAX_USERS {
         return Err(invalid(
             "users",
@@ -653,9 +739,36 @@ fn resolve_users(users: Vec<FileUser>) -> Result<Vec<User>, ConfigError> {
                 format!("{:?} appears twice", u.username),
             ));
         }
-        if u.password.is_empty() {
-            return Err(invalid(f("password"), "must not be empty"));
-        }
+        let password_hash: Arc<str> = match (u.password, u.password_hash) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    f("password"),
+                    "give password or password_hash, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    f("password"),
+                    "password or password_hash is required",
+                ));
+            }
+            (Some(p), None) => {
+                if p.is_empty() || p.len() > crate::password::MAX_PASSWORD_BYTES {
+                    return Err(invalid(
+                        f("password"),
+                        format!("must be 1 to {} bytes", crate::password::MAX_PASSWORD_BYTES),
+                    ));
+                }
+                crate::password::hash_password(&p, params)
+                    .map_err(|e| invalid(f("password"), e.to_string()))?
+                    .into()
+            }
+            (None, Some(h)) => {
+                crate::password::check_phc(&h)
+                    .map_err(|e| invalid(f("password_hash"), e.to_string()))?;
+                h.into()
+            }
+        };
         let sub = u.sub.unwrap_or_else(|| u.username.clone());
         if !visible_ascii(&sub) || sub.len() > MAX_NAME_CHARS {
             return Err(invalid(
@@ -668,7 +781,7 @@ fn resolve_users(users: Vec<FileUser>) -> Result<Vec<User>, ConfigError> {
         }
         out.push(User {
             username: u.username,
-            password: u.password,
+            password_hash,
             sub,
             name: u.name,
             email: u.email,
@@ -703,7 +816,14 @@ audience = "https://api.test"
         assert_eq!(c.signing_alg, SigningAlg::Es256);
         assert_eq!(c.lifetimes.access_s, 300);
         assert_eq!(c.rotate_every_s, None);
-        assert_eq!(c.clients.len(), 3);
+        assert_eq!(c.clients.len(), 5);
+        assert!(c.clients[4].secret.is_none());
+        assert!(c.clients[3].grants.contains(Grant::AuthorizationCode));
+        assert!(
+            c.users[1]
+                .password_hash
+                .starts_with("$argon2id$v=19$m=19456,t=2,p=1$")
+        );
         assert_eq!(c.clients[0].id, "bench-client");
         assert_eq!(c.clients[0].default_scope, "read");
         assert!(c.clients[0].allows_resource("https://api.refbench.test"));
@@ -741,10 +861,28 @@ audience = "https://api.test"
         assert!(e.contains("clients[0].scopes[0]"), "{e}");
         let e = err(&ONE_CLIENT.replace("https://api.test", "api.test"));
         assert!(e.contains("clients[0].audience"), "{e}");
+        let e = err(&format!("{ONE_CLIENT}grant_types = [\"password\"]\n"));
+        assert!(e.contains("clients[0].grant_types[0]"), "{e}");
         let e = err(&format!(
             "{ONE_CLIENT}grant_types = [\"authorization_code\"]\n"
         ));
-        assert!(e.contains("clients[0].grant_types[0]"), "{e}");
+        assert!(e.contains("clients[0].redirect_uris"), "{e}");
+        let e = err(&format!(
+            "{ONE_CLIENT}token_endpoint_auth_method = \"none\"\n"
+        ));
+        assert!(e.contains("clients[0].client_secret"), "{e}");
+        let e = err(&format!(
+            "{ONE_CLIENT}token_endpoint_auth_method = \"private_key_jwt\"\n"
+        ));
+        assert!(e.contains("clients[0].token_endpoint_auth_method"), "{e}");
+        let e = err(&format!(
+            "{ONE_CLIENT}[[users]]\nusername = \"u\"\npassword_hash = \"plain\"\n"
+        ));
+        assert!(e.contains("users[0].password_hash"), "{e}");
+        let e = err(&format!("{ONE_CLIENT}[[users]]\nusername = \"u\"\n"));
+        assert!(e.contains("users[0].password"), "{e}");
+        let e = err(&format!("authorization.max_sessions = 0\n{ONE_CLIENT}"));
+        assert!(e.contains("authorization.max_sessions"), "{e}");
         let e = err(&format!("{ONE_CLIENT}default_scopes = [\"write\"]\n"));
         assert!(e.contains("clients[0].default_scopes[0]"), "{e}");
         let e = err(&format!("{ONE_CLIENT}{ONE_CLIENT}"));

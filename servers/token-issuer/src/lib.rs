@@ -9,7 +9,11 @@
 //! - [`token`] and [`verify`]: minting RFC 9068 access tokens; verifying them (a pure function).
 //! - [`form`], [`client_auth`], [`oauth`]: strict form bodies, `client_secret_basic` / `client_secret_post`, and
 //!   RFC 6749 §5.2 error answers.
-//! - [`grants`]: the [`grants::Grant`] enum and one module per grant (`client_credentials` today).
+//! - [`grants`]: the [`grants::Grant`] enum and one module per grant: `client_credentials`, `authorization_code`
+//!   (PKCE `S256`), `refresh_token` (rotation, reuse detection revoking the family).
+//! - [`password`]: argon2id user passwords, verified on the blocking pool with a bound in flight; [`store`]: the
+//!   bounded, expiring maps of the user flows; [`authorize`]: `/authorize`, the login form and `/login`, sessions and
+//!   codes; [`id_token`]: user access tokens and ID tokens (`at_hash`); [`userinfo`]: `/userinfo`.
 //! - [`revoke`]: the bounded revocation set; [`discovery`]: the discovery document; [`metrics`].
 //! - [`app`]: the HTTP service ([`app()`] builds it, [`OidcApp::handle`] answers without a socket);
 //!   [`server`]: flags, start-up and serving ([`run`], [`start`]).
@@ -36,9 +40,10 @@
 //! ones, and only a deliberately slow, memory-hard function (tens of milliseconds and megabytes per guess) makes that
 //! search expensive. Paying that cost on every token request would cap an issuer at tens of requests per second per
 //! core for no gain in security, which is why OAuth servers treat client secrets like API keys. User passwords
-//! (`config::User`, used by the later login work) are the low-entropy case and must be hashed with argon2id.
+//! ([`config::User`], checked at `/login`) are the low-entropy case and are hashed with argon2id ([`password`]).
 
 pub mod app;
+pub mod authorize;
 pub mod client_auth;
 pub mod clock;
 pub mod config;
@@ -46,13 +51,17 @@ pub mod discovery;
 pub mod error;
 pub mod form;
 pub mod grants;
+pub mod id_token;
 pub mod keys;
 pub mod metrics;
 pub mod oauth;
+pub mod password;
 pub mod revoke;
 pub mod secret;
 pub mod server;
+pub mod store;
 pub mod token;
+pub mod userinfo;
 pub mod verify;
 
 pub use app::{Inactive, Issuer, MAX_FORM_BODY_BYTES, OidcApp, app};

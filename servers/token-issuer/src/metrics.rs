@@ -6,6 +6,9 @@
 //! - `oidc_sign_seconds`: time to sign one token (claims serialization included).
 //! - `oidc_key_rotations_total`, `oidc_published_keys`: rotations done, keys in the JWKS.
 //! - `oidc_introspections_total{active}`, `oidc_revocations_total`, `oidc_revoked_tokens`.
+//! - `oidc_logins_total{result}` (`ok`, `failed`), `oidc_sessions` (live sessions, expired ones until pruned),
+//!   `oidc_codes_issued_total`, `oidc_code_reuse_total`, `oidc_refresh_reuse_total` (reuse detections, each
+//!   revoking a grant), `oidc_authorize_errors_total` (errors redirected to a client).
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
@@ -31,6 +34,19 @@ pub struct OidcMetrics {
     pub revocations: Counter,
     /// `oidc_revoked_tokens`: entries in the revocation set.
     pub revoked_tokens: Gauge,
+    /// `oidc_logins_total{result="ok"}`.
+    pub logins_ok: Counter,
+    /// `oidc_logins_total{result="failed"}`: wrong password or unknown user.
+    pub logins_failed: Counter,
+    /// `oidc_sessions`.
+    pub sessions: Gauge,
+    /// `oidc_codes_issued_total`.
+    pub codes_issued: Counter,
+    /// `oidc_code_reuse_total`.
+    pub codes_reused: Counter,
+    /// `oidc_refresh_reuse_total`.
+    pub refresh_reuse: Counter,
+    authorize_errors: Counter,
 }
 
 impl std::fmt::Debug for OidcMetrics {
@@ -58,6 +74,13 @@ impl OidcMetrics {
             introspections_inactive: counter!("oidc_introspections_total", "active" => "false"),
             revocations: counter!("oidc_revocations_total"),
             revoked_tokens: gauge!("oidc_revoked_tokens"),
+            logins_ok: counter!("oidc_logins_total", "result" => "ok"),
+            logins_failed: counter!("oidc_logins_total", "result" => "failed"),
+            sessions: gauge!("oidc_sessions"),
+            codes_issued: counter!("oidc_codes_issued_total"),
+            codes_reused: counter!("oidc_code_reuse_total"),
+            refresh_reuse: counter!("oidc_refresh_reuse_total"),
+            authorize_errors: counter!("oidc_authorize_errors_total"),
         }
     }
 
@@ -66,6 +89,11 @@ impl OidcMetrics {
         if let Some(c) = self.grants.get(g as usize) {
             c.increment(1);
         }
+    }
+
+    /// Counts one error redirected from `/authorize`.
+    pub fn authorize_error(&self) {
+        self.authorize_errors.increment(1);
     }
 
     /// Counts one error answer.

@@ -365,7 +365,7 @@ mod tests {
     #[test]
     fn defaults_resolve() {
         let plan = ServeArgs::default().resolve().unwrap();
-        assert_eq!(plan.config.clients.len(), 3);
+        assert_eq!(plan.config.clients.len(), 5);
         assert!(plan.admin_token.is_none());
         assert_eq!(plan.http.max_body_bytes, MAX_TRANSPORT_BODY_BYTES);
     }

@@ -15,8 +15,14 @@ pub const JTI_BYTES: usize = 16;
 pub const JTI_CHARS: usize = 22;
 
 /// A fresh `jti` as a stack string.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Jti([u8; JTI_CHARS]);
+
+impl std::fmt::Debug for Jti {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Jti").field(&self.as_str()).finish()
+    }
+}
 
 impl Jti {
     /// 128 bits from the system CSPRNG, base64url-encoded.

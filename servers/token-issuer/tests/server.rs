@@ -38,34 +38,44 @@ async fn discovery_points_at_the_real_server() {
     assert_eq!(d["revocation_endpoint"], format!("{base}/revoke").as_str());
     assert_eq!(
         d["grant_types_supported"],
-        serde_json::json!(["client_credentials"])
+        serde_json::json!(["client_credentials", "authorization_code", "refresh_token"])
     );
     assert_eq!(
         d["token_endpoint_auth_methods_supported"],
-        serde_json::json!(["client_secret_basic", "client_secret_post"])
+        serde_json::json!(["client_secret_basic", "client_secret_post", "none"])
     );
+    // Public clients may not introspect.
     assert_eq!(
         d["introspection_endpoint_auth_methods_supported"],
-        d["token_endpoint_auth_methods_supported"]
+        serde_json::json!(["client_secret_basic", "client_secret_post"])
     );
     assert_eq!(
         d["id_token_signing_alg_values_supported"],
         serde_json::json!(["ES256"])
     );
     assert_eq!(d["subject_types_supported"], serde_json::json!(["public"]));
-    assert_eq!(d["response_types_supported"], serde_json::json!([]));
+    assert_eq!(d["response_types_supported"], serde_json::json!(["code"]));
     assert_eq!(
         d["scopes_supported"],
-        serde_json::json!(["admin", "read", "write"])
+        serde_json::json!([
+            "admin",
+            "email",
+            "offline_access",
+            "openid",
+            "profile",
+            "read",
+            "write"
+        ])
     );
-    // Not implemented yet, so not advertised.
-    for absent in [
-        "authorization_endpoint",
-        "userinfo_endpoint",
-        "code_challenge_methods_supported",
-    ] {
-        assert!(d.get(absent).is_none(), "{absent} advertised: {d}");
-    }
+    assert_eq!(
+        d["authorization_endpoint"],
+        format!("{base}/authorize").as_str()
+    );
+    assert_eq!(d["userinfo_endpoint"], format!("{base}/userinfo").as_str());
+    assert_eq!(
+        d["code_challenge_methods_supported"],
+        serde_json::json!(["S256"])
+    );
     // RFC 8414's name for the same document.
     let r = send(
         addr,

@@ -123,6 +123,8 @@ mod tests {
         Client {
             id: "c".into(),
             secret: None,
+            auth_method: None,
+            redirect_uris: vec![],
             grants: GrantSet::default(),
             scopes: vec!["read".into(), "write".into()],
             default_scope: "read".into(),

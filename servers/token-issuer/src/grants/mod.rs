@@ -7,7 +7,9 @@
 //!    [`client_credentials::issue`];
 //! 3. its arm in the dispatch `match` of `app::Issuer::token`.
 
+pub mod authorization_code;
 pub mod client_credentials;
+pub mod refresh_token;
 
 use std::sync::Arc;
 
@@ -22,16 +24,26 @@ use crate::form::Form;
 pub enum Grant {
     /// `client_credentials` (RFC 6749 §4.4): the client acts for itself; `sub` is its client id.
     ClientCredentials,
+    /// `authorization_code` (RFC 6749 §4.1 with PKCE, RFC 7636): a code from `/authorize` for a user's tokens.
+    AuthorizationCode,
+    /// `refresh_token` (RFC 6749 §6): a rotated refresh token for new tokens of the same grant.
+    RefreshToken,
 }
 
 impl Grant {
     /// Every implemented grant, in the order discovery lists them.
-    pub const ALL: [Grant; 1] = [Grant::ClientCredentials];
+    pub const ALL: [Grant; 3] = [
+        Grant::ClientCredentials,
+        Grant::AuthorizationCode,
+        Grant::RefreshToken,
+    ];
 
     /// The `grant_type` value.
     pub fn as_str(self) -> &'static str {
         match self {
             Grant::ClientCredentials => "client_credentials",
+            Grant::AuthorizationCode => "authorization_code",
+            Grant::RefreshToken => "refresh_token",
         }
     }
 

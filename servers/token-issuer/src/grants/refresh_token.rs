@@ -1,0 +1,389 @@
+//! The refresh token grant (RFC 6749 §6) with rotation and reuse detection (RFC 9700 §4.14.2, OAuth 2.1 §4.3.1).
+//!
+//! Refresh tokens are opaque 256-bit random strings, stored server-side under their SHA-256, never signed by the key
+//! ring. They are issued by the authorization code grant to clients allowed the `refresh_token` grant (whether or
+//! not `offline_access` was asked for: the client registration decides). Every token belongs to a family: the chain
+//! of tokens rotated from one authorization code. Redeeming a token marks it used and issues its successor; a used
+//! token is kept until it expires so that presenting it again is detected, and then the whole family is revoked:
+//! every refresh token in it stops working and every access token issued in it (their `jti`s are kept per family)
+//! goes into the revocation set. `/revoke` of a refresh token does the same (RFC 7009 §2.1).
+//!
+//! Parameters: `refresh_token` (required), `scope` (optional: a subset of the original scope, RFC 6749 §6; absent =
+//! the original). The response has a new access token, a new refresh token and, with `openid`, a new ID token (OIDC
+//! Core §12.2: same `sub`, `aud`, `auth_time`; no `nonce`).
+//!
+//! Bounds: at most `max_refresh_tokens` tokens (used ones included) and as many families; a full store answers 503.
+//! A family remembers at most [`MAX_ACCESS_TOKENS_PER_FAMILY`] unexpired access tokens.
+
+use crate::authorize::Issued;
+use crate::grants::{TokenRequest, TokenResponse};
+use crate::id_token::{has_scope, mint_user_tokens};
+use crate::oauth::{ErrorCode, OAuthError};
+use crate::store::{Key, StoreFull, TtlStore, key_of, new_opaque_token};
+use crate::token::Jti;
+
+/// Unexpired access tokens remembered per family (for revocation on reuse). A client refreshing faster than this
+/// many times per access token lifetime is refused with 503 until one expires.
+pub const MAX_ACCESS_TOKENS_PER_FAMILY: usize = 16;
+
+/// A refresh token in the store.
+#[derive(Debug, Clone)]
+pub struct RefreshEntry {
+    /// Its family.
+    pub family: Key,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// Index into the users.
+    pub user: usize,
+    /// The scope of the original grant (a refresh may narrow it for its access token, never widen it).
+    pub scope: String,
+    /// When the user authenticated.
+    pub auth_time_s: u64,
+    /// Already redeemed.
+    pub used: bool,
+}
+
+/// A family of rotated refresh tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Family {
+    /// Revoked after reuse or by `/revoke`.
+    pub revoked: bool,
+    /// Unexpired access tokens issued in the family.
+    pub access: Vec<(Jti, u64)>,
+}
+
+/// What redeeming a refresh token found.
+#[derive(Debug)]
+pub enum Redeemed {
+    /// Unknown or expired.
+    Unknown,
+    /// Already used: reuse.
+    Reused(RefreshEntry),
+    /// Valid, now marked used.
+    Fresh(RefreshEntry),
+}
+
+/// Why an access token could not be recorded in its family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FamilyError {
+    /// The family was revoked (concurrent reuse detection) or has expired.
+    #[error("the refresh token family was revoked")]
+    Revoked,
+    /// Too many unexpired access tokens in the family.
+    #[error(
+        "more than {MAX_ACCESS_TOKENS_PER_FAMILY} unexpired access tokens in this grant; retry later"
+    )]
+    Full,
+}
+
+/// Refresh tokens and their families.
+#[derive(Debug)]
+pub struct RefreshStore {
+    tokens: TtlStore<RefreshEntry>,
+    families: TtlStore<Family>,
+    lifetime_s: u64,
+}
+
+impl RefreshStore {
+    /// Empty, at most `max_tokens` tokens (and families), each living `lifetime_s`.
+    pub fn new(max_tokens: usize, lifetime_s: u64) -> RefreshStore {
+        RefreshStore {
+            tokens: TtlStore::new("refresh token", max_tokens),
+            families: TtlStore::new("refresh token family", max_tokens),
+            lifetime_s,
+        }
+    }
+
+    /// Starts a family.
+    pub fn start_family(&self, now_s: u64) -> Result<Key, StoreFull> {
+        let (_, key) = new_opaque_token().map_err(|_| StoreFull {
+            what: "refresh token family",
+            entries: 0,
+            retry_after_s: 1,
+        })?;
+        self.families
+            .insert(key, Family::default(), now_s + self.lifetime_s, now_s)?;
+        Ok(key)
+    }
+
+    /// Records an access token issued in `family` and extends the family to outlive the newest refresh token.
+    pub fn record_access(
+        &self,
+        family: &Key,
+        jti: Jti,
+        exp_s: u64,
+        now_s: u64,
+    ) -> Result<(), FamilyError> {
+        let until_s = now_s + self.lifetime_s;
+        self.families
+            .with_mut(family, now_s, |f, expires_s| {
+                if f.revoked {
+                    return Err(FamilyError::Revoked);
+                }
+                f.access.retain(|(_, e)| *e > now_s);
+                if f.access.len() >= MAX_ACCESS_TOKENS_PER_FAMILY {
+                    return Err(FamilyError::Full);
+                }
+                f.access.push((jti, exp_s));
+                *expires_s = (*expires_s).max(until_s);
+                Ok(())
+            })
+            .unwrap_or(Err(FamilyError::Revoked))
+    }
+
+    /// Issues a refresh token in `family`.
+    pub fn issue(&self, entry: RefreshEntry, now_s: u64) -> Result<String, StoreFull> {
+        let (token, key) = new_opaque_token().map_err(|_| StoreFull {
+            what: "refresh token",
+            entries: 0,
+            retry_after_s: 1,
+        })?;
+        self.tokens
+            .insert(key, entry, now_s + self.lifetime_s, now_s)?;
+        Ok(token)
+    }
+
+    /// Redeems `token`: marks it used if fresh.
+    pub fn redeem(&self, token: &str, now_s: u64) -> Redeemed {
+        let key = key_of(token);
+        self.tokens
+            .with_mut(&key, now_s, |e, _| {
+                if e.used {
+                    Redeemed::Reused(e.clone())
+                } else {
+                    e.used = true;
+                    Redeemed::Fresh(e.clone())
+                }
+            })
+            .unwrap_or(Redeemed::Unknown)
+    }
+
+    /// Undoes [`RefreshStore::redeem`] when the successor could not be issued (a full store), so that the client's
+    /// retry is not mistaken for reuse.
+    pub fn unredeem(&self, token: &str, now_s: u64) {
+        self.tokens
+            .with_mut(&key_of(token), now_s, |e, _| e.used = false);
+    }
+
+    /// The entry of `token`, used or not, without changing it (introspection, revocation).
+    pub fn peek(&self, token: &str, now_s: u64) -> Option<(RefreshEntry, u64)> {
+        self.tokens
+            .with_mut(&key_of(token), now_s, |e, exp| (e.clone(), *exp))
+    }
+
+    /// Whether `family` is live and not revoked.
+    pub fn family_active(&self, family: &Key, now_s: u64) -> bool {
+        self.families
+            .with_mut(family, now_s, |f, _| !f.revoked)
+            .unwrap_or(false)
+    }
+
+    /// Revokes `family`; the access tokens to put into the revocation set.
+    pub fn revoke_family(&self, family: &Key, now_s: u64) -> Vec<(Jti, u64)> {
+        self.families
+            .with_mut(family, now_s, |f, _| {
+                f.revoked = true;
+                std::mem::take(&mut f.access)
+            })
+            .unwrap_or_default()
+    }
+
+    /// Refresh tokens held (used ones included).
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether no refresh token is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Revokes what was issued from a replayed code or refresh token: the access token and the refresh family.
+pub fn revoke_issued(req: &TokenRequest<'_>, issued: &Issued) -> Result<(), OAuthError> {
+    let issuer = req.issuer;
+    let mut jtis = vec![(issued.jti, issued.access_exp_s)];
+    if let Some(f) = &issued.family {
+        jtis.extend(issuer.flows().refresh.revoke_family(f, req.now_s));
+    }
+    revoke_jtis(issuer, &jtis, req.now_s)
+}
+
+/// Puts access token ids into the revocation set (kept until `exp` + leeway, like `/revoke`).
+pub fn revoke_jtis(
+    issuer: &crate::app::Issuer,
+    jtis: &[(Jti, u64)],
+    now_s: u64,
+) -> Result<(), OAuthError> {
+    for (jti, exp_s) in jtis {
+        issuer
+            .revoked()
+            .revoke(jti.as_str(), exp_s.saturating_add(issuer.leeway_s()), now_s)
+            .map_err(|full| {
+                // The family is revoked regardless; only the access tokens stay valid until they expire.
+                OAuthError::new(ErrorCode::TemporarilyUnavailable, full.to_string())
+                    .with_status(http::StatusCode::SERVICE_UNAVAILABLE)
+            })?;
+    }
+    issuer
+        .metrics()
+        .revoked_tokens
+        .set(issuer.revoked().len() as f64);
+    Ok(())
+}
+
+pub(crate) fn full(e: StoreFull) -> OAuthError {
+    OAuthError::new(ErrorCode::TemporarilyUnavailable, e.to_string())
+        .with_status(http::StatusCode::SERVICE_UNAVAILABLE)
+}
+
+/// Issues new tokens for a refresh token.
+pub fn issue(req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
+    let token = req
+        .form
+        .get("refresh_token")
+        .ok_or_else(|| OAuthError::missing("refresh_token"))?;
+    let flows = req.issuer.flows();
+    let store = &flows.refresh;
+    let invalid = |why: &'static str| OAuthError::new(ErrorCode::InvalidGrant, why);
+    let entry = match store.redeem(token, req.now_s) {
+        Redeemed::Unknown => return Err(invalid("unknown, expired or revoked refresh token")),
+        Redeemed::Reused(e) => {
+            // Whoever presents it (even another client), a used token showing up again means it leaked.
+            let jtis = store.revoke_family(&e.family, req.now_s);
+            req.issuer.metrics().refresh_reuse.increment(1);
+            revoke_jtis(req.issuer, &jtis, req.now_s)?;
+            return Err(invalid(
+                "refresh token already used: the grant is revoked (RFC 9700 §4.14.2)",
+            ));
+        }
+        Redeemed::Fresh(e) => e,
+    };
+    if entry.client_id != req.client.id {
+        return Err(invalid("the refresh token was issued to another client"));
+    }
+    if !store.family_active(&entry.family, req.now_s) {
+        return Err(invalid("the refresh token's grant was revoked"));
+    }
+    let Some(user) = flows.users.get(entry.user) else {
+        return Err(invalid("the user no longer exists"));
+    };
+    let scope = match req.form.get("scope") {
+        None => entry.scope.clone(),
+        Some(requested) => {
+            let granted =
+                crate::grants::client_credentials::granted_scope(req.client, Some(requested))?;
+            if let Some(s) = granted.split(' ').find(|s| !has_scope(&entry.scope, s)) {
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidScope,
+                    format!("scope {s} was not granted originally (RFC 6749 §6)"),
+                ));
+            }
+            granted.into_owned()
+        }
+    };
+    let tokens = mint_user_tokens(
+        req.issuer,
+        req.client,
+        user,
+        &scope,
+        entry.auth_time_s,
+        None,
+        req.now_s,
+    )?;
+    match store.record_access(&entry.family, tokens.jti, tokens.access_exp_s, req.now_s) {
+        Ok(()) => {}
+        Err(FamilyError::Revoked) => {
+            // Reuse was detected while we minted: what we just made must not work either.
+            revoke_jtis(req.issuer, &[(tokens.jti, tokens.access_exp_s)], req.now_s)?;
+            return Err(invalid("the refresh token's grant was revoked"));
+        }
+        Err(e @ FamilyError::Full) => {
+            return Err(
+                OAuthError::new(ErrorCode::TemporarilyUnavailable, e.to_string())
+                    .with_status(http::StatusCode::SERVICE_UNAVAILABLE),
+            );
+        }
+    }
+    let refresh_token = match store.issue(
+        RefreshEntry {
+            used: false,
+            ..entry.clone()
+        },
+        req.now_s,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            store.unredeem(token, req.now_s);
+            return Err(full(e));
+        }
+    };
+    Ok(TokenResponse {
+        access_token: tokens.access_token,
+        token_type: "Bearer",
+        expires_in: req.issuer.lifetimes().access_s,
+        scope: Some(scope),
+        refresh_token: Some(refresh_token),
+        id_token: tokens.id_token,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(family: Key) -> RefreshEntry {
+        RefreshEntry {
+            family,
+            client_id: "c".into(),
+            user: 0,
+            scope: "openid".into(),
+            auth_time_s: 0,
+            used: false,
+        }
+    }
+
+    #[test]
+    fn rotation_marks_used_and_reuse_is_reported() {
+        let s = RefreshStore::new(10, 100);
+        let f = s.start_family(0).unwrap();
+        let t = s.issue(entry(f), 0).unwrap();
+        assert!(matches!(s.redeem(&t, 1), Redeemed::Fresh(_)));
+        assert!(matches!(s.redeem(&t, 2), Redeemed::Reused(_)));
+        assert!(matches!(s.redeem("nope", 2), Redeemed::Unknown));
+        assert!(matches!(s.redeem(&t, 100), Redeemed::Unknown), "expired");
+    }
+
+    #[test]
+    fn families_collect_access_tokens_until_revoked() {
+        let s = RefreshStore::new(10, 100);
+        let f = s.start_family(0).unwrap();
+        let a = Jti::random().unwrap();
+        s.record_access(&f, a, 50, 0).unwrap();
+        assert!(s.family_active(&f, 10));
+        let revoked = s.revoke_family(&f, 10);
+        assert_eq!(revoked.len(), 1);
+        assert_eq!(revoked[0].0.as_str(), a.as_str());
+        assert!(!s.family_active(&f, 10));
+        assert_eq!(
+            s.record_access(&f, Jti::random().unwrap(), 60, 10),
+            Err(FamilyError::Revoked)
+        );
+    }
+
+    #[test]
+    fn a_family_bounds_its_live_access_tokens() {
+        let s = RefreshStore::new(10, 1000);
+        let f = s.start_family(0).unwrap();
+        for _ in 0..MAX_ACCESS_TOKENS_PER_FAMILY {
+            s.record_access(&f, Jti::random().unwrap(), 300, 0).unwrap();
+        }
+        assert_eq!(
+            s.record_access(&f, Jti::random().unwrap(), 300, 0),
+            Err(FamilyError::Full)
+        );
+        // Once they expire there is room again.
+        s.record_access(&f, Jti::random().unwrap(), 700, 300)
+            .unwrap();
+    }
+}
