@@ -129,9 +129,12 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/refbench-interop-oidc.XXXXXX")
 SERVER_PID=
 cleanup() {
     local rc=$?
+    # The outer `timeout` signals the whole process group: ignore TERM/INT from here on (the commands below inherit
+    # that), so a late signal cannot cut the cleanup short; its KILL 15 s later still bounds it.
+    trap '' INT TERM
     if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill -TERM "$SERVER_PID" 2>/dev/null || true
-        timeout 10 tail --pid="$SERVER_PID" -f /dev/null 2>/dev/null || kill -KILL "$SERVER_PID" 2>/dev/null || true
+        timeout -s KILL 10 tail --pid="$SERVER_PID" -f /dev/null 2>/dev/null || kill -KILL "$SERVER_PID" 2>/dev/null || true
     fi
     if [[ $KEEP_TMP == 1 ]]; then
         log "kept $WORK"
@@ -142,7 +145,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'log "terminated (--timeout ${TOTAL_TIMEOUT_S} s reached, or a signal)"; exit 143' TERM
 
 # ---------------------------------------------------------------------------------------------------------------
 # The server binary: built from this tree, or the one given (copied, so a concurrent build cannot change it mid-run).
