@@ -164,6 +164,7 @@ else
     SERVER_ORIGIN="given: $SERVER_BIN"
 fi
 cp "$SERVER_BIN" "$WORK/token-issuer"
+SERVER_ORIGIN="$SERVER_ORIGIN, sha256 $(sha256sum "$WORK/token-issuer" | cut -c1-16)"
 SERVER_VERSION=$("$WORK/token-issuer" --version 2>/dev/null | head -1 || echo unknown)
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -246,6 +246,28 @@ async function codeFlow(confidential) {
   return [`${clientId} (${confidential ? 'client_secret_post' : 'public, none'}): login form, 302; authorizationCodeGrant validated the ID token (alg ${idHeader.alg}, nonce, iss, aud ${claims.aud}); at_hash ok; sub ${claims.sub}`, { config, tokens, claims }]
 }
 
+// A fresh code redeemed with a code_verifier that does not match its challenge must be refused with invalid_grant.
+async function wrongVerifier({ config }) {
+  const codeVerifier = client.randomPKCECodeVerifier()
+  const state = client.randomState()
+  const authUrl = client.buildAuthorizationUrl(config, {
+    redirect_uri: REDIRECT_URI,
+    scope: 'openid',
+    code_challenge: await client.calculatePKCECodeChallenge(codeVerifier),
+    code_challenge_method: 'S256',
+    state,
+    nonce: client.randomNonce(),
+  })
+  const loc = await userAgentLogin(authUrl)
+  try {
+    await client.authorizationCodeGrant(config, new URL(loc), { pkceCodeVerifier: client.randomPKCECodeVerifier(), expectedState: state })
+  } catch (e) {
+    ensure(e?.error === 'invalid_grant', `expected invalid_grant, got ${e?.name} ${e?.error ?? ''}: ${e?.message}`)
+    return `invalid_grant (${e.error_description ?? 'no description'})`
+  }
+  throw new CheckFailed('the token endpoint accepted a wrong code_verifier')
+}
+
 async function userinfo({ config, tokens, claims }) {
   const u = await client.fetchUserInfo(config, tokens.access_token, claims.sub) // checks sub == the ID token's
   return `sub ${u.sub}, fields ${Object.keys(u).sort().join(',')}`
@@ -288,7 +310,7 @@ async function run() {
     for (const n of ['introspect active', 'revoke', 'introspect after revoke inactive', 'tampered token rejected (jose)']) skip(n, 'no client_credentials token')
   }
 
-  const codeChecks = ['code+pkce web-app', 'userinfo', 'refresh', 'code+pkce native-app (public)']
+  const codeChecks = ['code+pkce web-app', 'userinfo', 'refresh', 'code+pkce wrong verifier rejected', 'code+pkce native-app (public)']
   if (args['skip-code-flow']) {
     for (const n of codeChecks) skip(n, '--skip-code-flow')
     return
@@ -301,8 +323,9 @@ async function run() {
   if (codeOk) {
     await check('userinfo', () => userinfo(st))
     await check('refresh', () => refresh(st))
+    await check('code+pkce wrong verifier rejected', () => wrongVerifier(st))
   } else {
-    for (const n of ['userinfo', 'refresh']) skip(n, 'the code flow failed')
+    for (const n of ['userinfo', 'refresh', 'code+pkce wrong verifier rejected']) skip(n, 'the code flow failed')
   }
   await check('code+pkce native-app (public)', () => codeFlow(false))
 }
