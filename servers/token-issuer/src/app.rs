@@ -299,12 +299,13 @@ impl OidcApp {
             INTROSPECT_PATH if post => FormEndpoint::Introspect,
             REVOKE_PATH if post => FormEndpoint::Revoke,
             ADMIN_ROTATE_PATH if post => return self.admin_rotate(&parts.headers),
-            AUTHORIZE_PATH if get => return crate::authorize::authorize(&self.inner, &parts),
+            AUTHORIZE_PATH if get => return crate::authorize::authorize_get(&self.inner, &parts),
+            AUTHORIZE_PATH if post => return self.authorize_post(&parts, body).await,
             LOGIN_PATH if post => return self.login(&parts, body).await,
             USERINFO_PATH if get || post => {
                 return crate::userinfo::userinfo(&self.inner, &parts);
             }
-            AUTHORIZE_PATH => return not_allowed("GET, HEAD"),
+            AUTHORIZE_PATH => return not_allowed("GET, HEAD, POST"),
             LOGIN_PATH => return not_allowed("POST"),
             USERINFO_PATH => return not_allowed("GET, HEAD, POST"),
             OPENID_CONFIGURATION_PATH | OAUTH_METADATA_PATH | JWKS_PATH => {
@@ -347,6 +348,26 @@ impl OidcApp {
         r.headers_mut()
             .insert(CACHE_CONTROL, self.inner.jwks_cache_control.clone());
         r
+    }
+
+    /// `POST /authorize` (OIDC Core §3.1.2.1: GET and POST are both supported): the form body, then the same
+    /// handling as a GET.
+    async fn authorize_post<B>(&self, parts: &Parts, body: B) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Err(e) = check_form_content_type(&parts.headers) {
+            return crate::authorize::authorize_bad_body(&e.description);
+        }
+        let body = match read_body_limited(body, MAX_FORM_BODY_BYTES).await {
+            Ok(b) => b,
+            Err(e) => return crate::authorize::authorize_bad_body(&e.to_string()),
+        };
+        match Form::parse(&body) {
+            Ok(form) => crate::authorize::authorize(&self.inner, parts, &form),
+            Err(e) => crate::authorize::authorize_bad_body(&e.to_string()),
+        }
     }
 
     /// `POST /login`: the form body, then [`crate::authorize::login`].
