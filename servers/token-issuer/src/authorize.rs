@@ -387,6 +387,16 @@ fn html(status: StatusCode, body: String) -> Resp {
     );
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The login form must not be framed by another site (clickjacking of the password form), and needs no script.
+    // No `form-action`: browsers apply it to the redirect after the POST, which goes to the client.
+    r.headers_mut().insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    r.headers_mut().insert(
+        http::header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("DENY"),
+    );
     r
 }
 
