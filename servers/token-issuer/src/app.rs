@@ -491,7 +491,12 @@ impl OidcApp {
             .ok_or_else(|| OAuthError::missing("token"))?;
         // `token_type_hint` may be ignored (RFC 7662 §2.1): a JWS has dots, a refresh token never does.
         if !token.contains('.') {
-            return self.introspect_refresh(client, token, now_s);
+            return Ok(grants::refresh_token::introspect(
+                &self.inner,
+                client,
+                token,
+                now_s,
+            ));
         }
         let claims = self
             .inner
@@ -546,19 +551,7 @@ impl OidcApp {
         };
         if !token.contains('.') {
             // A refresh token: revoking it revokes its grant (RFC 7009 §2.1).
-            let refresh = &issuer.flows.refresh;
-            let Some((entry, _)) = refresh.peek(token, now_s) else {
-                return ok();
-            };
-            if entry.client_id != client.id {
-                return Err(OAuthError::new(
-                    ErrorCode::UnauthorizedClient,
-                    "the token was issued to another client",
-                ));
-            }
-            let jtis = refresh.revoke_family(&entry.family, now_s);
-            grants::refresh_token::revoke_jtis(issuer, &jtis, now_s)?;
-            issuer.metrics.revocations.increment(1);
+            grants::refresh_token::revoke(issuer, client, token, now_s)?;
             return ok();
         }
         let Ok(claims) = verify_access_token(token, &keys, &issuer.expected(), now_s) else {
@@ -594,45 +587,6 @@ impl OidcApp {
                 Ok(r)
             }
         }
-    }
-
-    /// Introspection of a refresh token: active while unused, unexpired and its grant not revoked.
-    fn introspect_refresh(
-        &self,
-        client: &Client,
-        token: &str,
-        now_s: u64,
-    ) -> Result<Response<Full<Bytes>>, OAuthError> {
-        let flows = &self.inner.flows;
-        let active = flows
-            .refresh
-            .peek(token, now_s)
-            .filter(|(e, _)| !e.used && flows.refresh.family_active(&e.family, now_s))
-            .filter(|(e, _)| client.introspect_any || e.client_id == client.id);
-        let body = match active {
-            Some((e, exp)) => {
-                self.inner.metrics.introspections_active.increment(1);
-                serde_json::json!({
-                    "active": true,
-                    "token_type": "refresh_token",
-                    "client_id": e.client_id,
-                    "scope": e.scope,
-                    "sub": flows.users.get(e.user).map(|u| u.sub.as_str()),
-                    "iss": self.inner.issuer,
-                    "exp": exp,
-                })
-            }
-            None => {
-                self.inner.metrics.introspections_inactive.increment(1);
-                serde_json::json!({"active": false})
-            }
-        };
-        let mut r = json_response(
-            StatusCode::OK,
-            serde_json::to_vec(&body).unwrap_or_default(),
-        );
-        no_store(&mut r);
-        Ok(r)
     }
 
     /// `POST /admin/rotate` with `Authorization: Bearer <admin token>`.
