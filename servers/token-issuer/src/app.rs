@@ -299,12 +299,13 @@ impl OidcApp {
             INTROSPECT_PATH if post => FormEndpoint::Introspect,
             REVOKE_PATH if post => FormEndpoint::Revoke,
             ADMIN_ROTATE_PATH if post => return self.admin_rotate(&parts.headers),
-            AUTHORIZE_PATH if get => return crate::authorize::authorize(&self.inner, &parts),
+            AUTHORIZE_PATH if get => return crate::authorize::authorize_get(&self.inner, &parts),
+            AUTHORIZE_PATH if post => return self.authorize_post(&parts, body).await,
             LOGIN_PATH if post => return self.login(&parts, body).await,
             USERINFO_PATH if get || post => {
                 return crate::userinfo::userinfo(&self.inner, &parts);
             }
-            AUTHORIZE_PATH => return not_allowed("GET, HEAD"),
+            AUTHORIZE_PATH => return not_allowed("GET, HEAD, POST"),
             LOGIN_PATH => return not_allowed("POST"),
             USERINFO_PATH => return not_allowed("GET, HEAD, POST"),
             OPENID_CONFIGURATION_PATH | OAUTH_METADATA_PATH | JWKS_PATH => {
@@ -347,6 +348,26 @@ impl OidcApp {
         r.headers_mut()
             .insert(CACHE_CONTROL, self.inner.jwks_cache_control.clone());
         r
+    }
+
+    /// `POST /authorize` (OIDC Core §3.1.2.1: GET and POST are both supported): the form body, then the same
+    /// handling as a GET.
+    async fn authorize_post<B>(&self, parts: &Parts, body: B) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Err(e) = check_form_content_type(&parts.headers) {
+            return crate::authorize::authorize_bad_body(&e.description);
+        }
+        let body = match read_body_limited(body, MAX_FORM_BODY_BYTES).await {
+            Ok(b) => b,
+            Err(e) => return crate::authorize::authorize_bad_body(&e.to_string()),
+        };
+        match Form::parse(&body) {
+            Ok(form) => crate::authorize::authorize(&self.inner, parts, &form),
+            Err(e) => crate::authorize::authorize_bad_body(&e.to_string()),
+        }
     }
 
     /// `POST /login`: the form body, then [`crate::authorize::login`].
@@ -470,7 +491,12 @@ impl OidcApp {
             .ok_or_else(|| OAuthError::missing("token"))?;
         // `token_type_hint` may be ignored (RFC 7662 §2.1): a JWS has dots, a refresh token never does.
         if !token.contains('.') {
-            return self.introspect_refresh(client, token, now_s);
+            return Ok(grants::refresh_token::introspect(
+                &self.inner,
+                client,
+                token,
+                now_s,
+            ));
         }
         let claims = self
             .inner
@@ -525,19 +551,7 @@ impl OidcApp {
         };
         if !token.contains('.') {
             // A refresh token: revoking it revokes its grant (RFC 7009 §2.1).
-            let refresh = &issuer.flows.refresh;
-            let Some((entry, _)) = refresh.peek(token, now_s) else {
-                return ok();
-            };
-            if entry.client_id != client.id {
-                return Err(OAuthError::new(
-                    ErrorCode::UnauthorizedClient,
-                    "the token was issued to another client",
-                ));
-            }
-            let jtis = refresh.revoke_family(&entry.family, now_s);
-            grants::refresh_token::revoke_jtis(issuer, &jtis, now_s)?;
-            issuer.metrics.revocations.increment(1);
+            grants::refresh_token::revoke(issuer, client, token, now_s)?;
             return ok();
         }
         let Ok(claims) = verify_access_token(token, &keys, &issuer.expected(), now_s) else {
@@ -573,45 +587,6 @@ impl OidcApp {
                 Ok(r)
             }
         }
-    }
-
-    /// Introspection of a refresh token: active while unused, unexpired and its grant not revoked.
-    fn introspect_refresh(
-        &self,
-        client: &Client,
-        token: &str,
-        now_s: u64,
-    ) -> Result<Response<Full<Bytes>>, OAuthError> {
-        let flows = &self.inner.flows;
-        let active = flows
-            .refresh
-            .peek(token, now_s)
-            .filter(|(e, _)| !e.used && flows.refresh.family_active(&e.family, now_s))
-            .filter(|(e, _)| client.introspect_any || e.client_id == client.id);
-        let body = match active {
-            Some((e, exp)) => {
-                self.inner.metrics.introspections_active.increment(1);
-                serde_json::json!({
-                    "active": true,
-                    "token_type": "refresh_token",
-                    "client_id": e.client_id,
-                    "scope": e.scope,
-                    "sub": flows.users.get(e.user).map(|u| u.sub.as_str()),
-                    "iss": self.inner.issuer,
-                    "exp": exp,
-                })
-            }
-            None => {
-                self.inner.metrics.introspections_inactive.increment(1);
-                serde_json::json!({"active": false})
-            }
-        };
-        let mut r = json_response(
-            StatusCode::OK,
-            serde_json::to_vec(&body).unwrap_or_default(),
-        );
-        no_store(&mut r);
-        Ok(r)
     }
 
     /// `POST /admin/rotate` with `Authorization: Bearer <admin token>`.

@@ -111,56 +111,73 @@ impl AuthorizationFile {
         let usize_bounded = |field: &str, v: Option<usize>, default: usize, hi: u64| {
             bounded(field, v.map(|x| x as u64), default as u64, 1, hi).map(|x| x as usize)
         };
+        let d = AuthorizationLimits::default();
         Ok(AuthorizationLimits {
             // RFC 6749 §4.1.2: a maximum of 10 minutes is RECOMMENDED; a minute is plenty for a redirect.
-            code_lifetime_s: bounded("code_lifetime_s", self.code_lifetime_s, 60, 1, 600)?,
+            code_lifetime_s: bounded(
+                "code_lifetime_s",
+                self.code_lifetime_s,
+                d.code_lifetime_s,
+                1,
+                600,
+            )?,
             pending_lifetime_s: bounded(
                 "pending_lifetime_s",
                 self.pending_lifetime_s,
-                600,
+                d.pending_lifetime_s,
                 10,
                 3600,
             )?,
             session_lifetime_s: bounded(
                 "session_lifetime_s",
                 self.session_lifetime_s,
-                3600,
+                d.session_lifetime_s,
                 10,
                 7 * 86_400,
             )?,
             max_pending_requests: usize_bounded(
                 "max_pending_requests",
                 self.max_pending_requests,
-                10_000,
+                d.max_pending_requests,
                 1_000_000,
             )?,
-            max_codes: usize_bounded("max_codes", self.max_codes, 10_000, 1_000_000)?,
-            max_sessions: usize_bounded("max_sessions", self.max_sessions, 100_000, 10_000_000)?,
+            max_codes: usize_bounded("max_codes", self.max_codes, d.max_codes, 1_000_000)?,
+            max_sessions: usize_bounded(
+                "max_sessions",
+                self.max_sessions,
+                d.max_sessions,
+                10_000_000,
+            )?,
             max_refresh_tokens: usize_bounded(
                 "max_refresh_tokens",
                 self.max_refresh_tokens,
-                1_000_000,
+                d.max_refresh_tokens,
                 10_000_000,
             )?,
-            max_failed_logins: bounded("max_failed_logins", self.max_failed_logins, 5, 1, 100)?,
+            max_failed_logins: bounded(
+                "max_failed_logins",
+                self.max_failed_logins,
+                d.max_failed_logins,
+                1,
+                100,
+            )?,
         })
     }
 }
 
 impl Default for AuthorizationLimits {
+    /// The limits of an absent `[authorization]` table.
     fn default() -> Self {
-        AuthorizationFile::default()
-            .resolve()
-            .unwrap_or(AuthorizationLimits {
-                code_lifetime_s: 60,
-                pending_lifetime_s: 600,
-                session_lifetime_s: 3600,
-                max_pending_requests: 10_000,
-                max_codes: 10_000,
-                max_sessions: 100_000,
-                max_refresh_tokens: 1_000_000,
-                max_failed_logins: 5,
-            })
+        AuthorizationLimits {
+            code_lifetime_s: 60,
+            pending_lifetime_s: 600,
+            session_lifetime_s: 3600,
+            max_pending_requests: 10_000,
+            max_codes: 10_000,
+            max_sessions: 100_000,
+            max_refresh_tokens: 1_000_000,
+            max_failed_logins: 5,
+        }
     }
 }
 
@@ -370,6 +387,16 @@ fn html(status: StatusCode, body: String) -> Resp {
     );
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The login form must not be framed by another site (clickjacking of the password form), and needs no script.
+    // No `form-action`: browsers apply it to the redirect after the POST, which goes to the client.
+    r.headers_mut().insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    r.headers_mut().insert(
+        http::header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("DENY"),
+    );
     r
 }
 
@@ -546,8 +573,8 @@ fn valid_s256_challenge(c: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// `GET /authorize`.
-pub fn authorize(issuer: &Issuer, parts: &Parts) -> Resp {
+/// `GET /authorize`: the parameters are the query's.
+pub fn authorize_get(issuer: &Issuer, parts: &Parts) -> Resp {
     let query = parts.uri.query().unwrap_or("");
     if query.len() > MAX_QUERY_BYTES {
         return direct_error(
@@ -557,12 +584,20 @@ pub fn authorize(issuer: &Issuer, parts: &Parts) -> Resp {
         );
     }
     // Strict parsing: a repeated parameter is refused (RFC 6749 §3.1), before anything is trusted.
-    let form = match Form::parse(query.as_bytes()) {
-        Ok(f) => f,
-        Err(e) => {
-            return direct_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string());
-        }
-    };
+    match Form::parse(query.as_bytes()) {
+        Ok(form) => authorize(issuer, parts, &form),
+        Err(e) => direct_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
+    }
+}
+
+/// 400 for a `POST /authorize` whose form body could not be read (no redirect: nothing is trusted yet).
+pub fn authorize_bad_body(description: &str) -> Resp {
+    direct_error(StatusCode::BAD_REQUEST, "invalid_request", description)
+}
+
+/// The authorization request (from the query of a GET or the form body of a POST, OIDC Core §3.1.2.1); cookies come
+/// from `parts`.
+pub fn authorize(issuer: &Issuer, parts: &Parts, form: &Form<'_>) -> Resp {
     let Some(client_id) = form.get("client_id") else {
         return direct_error(
             StatusCode::BAD_REQUEST,
@@ -682,10 +717,18 @@ pub fn authorize(issuer: &Issuer, parts: &Parts) -> Resp {
     let force_login = prompts.contains(&"login");
     let now_s = issuer.clock().now_s();
     let flows = issuer.flows();
+    // max_age (OIDC Core §3.1.2.1): a session older than this many seconds must log in again.
+    let max_age_s = match form.get("max_age").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => return fail("invalid_request", "max_age must be a number of seconds"),
+    };
     let session = if force_login {
         None
     } else {
-        session_key(parts).and_then(|k| flows.sessions.with_mut(&k, now_s, |s, _| *s))
+        session_key(parts)
+            .and_then(|k| flows.sessions.with_mut(&k, now_s, |s, _| *s))
+            .filter(|s| max_age_s.is_none_or(|a| s.auth_time_s.saturating_add(a) >= now_s))
     };
     let pending = Pending {
         client: Arc::clone(client),
@@ -697,10 +740,7 @@ pub fn authorize(issuer: &Issuer, parts: &Parts) -> Resp {
         failed_logins: 0,
     };
     if let Some(session) = session {
-        return match issue_code(issuer, &pending, session, now_s) {
-            Ok(location) => found(&location),
-            Err(full) => store_full(full),
-        };
+        return issue_code(issuer, &pending, session, now_s);
     }
     if prompts.contains(&"none") {
         return fail("login_required", "no session and prompt=none");
@@ -716,19 +756,13 @@ pub fn authorize(issuer: &Issuer, parts: &Parts) -> Resp {
     login_form(StatusCode::OK, &request_id, client_id, None)
 }
 
-/// Stores a code for `p` and `session`; the redirect location.
-fn issue_code(
-    issuer: &Issuer,
-    p: &Pending,
-    session: Session,
-    now_s: u64,
-) -> Result<String, StoreFull> {
+/// Stores a code for `p` and `session`; the redirect with it, or the 503 to answer.
+fn issue_code(issuer: &Issuer, p: &Pending, session: Session, now_s: u64) -> Resp {
     let flows = issuer.flows();
-    let (code, key) = new_opaque_token().map_err(|_| StoreFull {
-        what: "authorization code",
-        entries: 0,
-        retry_after_s: 1,
-    })?;
+    let (code, key) = match new_opaque_token() {
+        Ok(t) => t,
+        Err(e) => return unavailable(&e.to_string(), 1),
+    };
     let entry = CodeEntry {
         grant: CodeGrant {
             client_id: p.client.id.clone(),
@@ -743,11 +777,14 @@ fn issue_code(
         issued: None,
         reused: false,
     };
-    flows
+    if let Err(full) = flows
         .codes
-        .insert(key, entry, now_s + flows.limits.code_lifetime_s, now_s)?;
+        .insert(key, entry, now_s + flows.limits.code_lifetime_s, now_s)
+    {
+        return store_full(full);
+    }
     issuer.metrics().codes_issued.increment(1);
-    Ok(with_query(
+    found(&with_query(
         &p.redirect_uri,
         &[
             ("code", Some(&code)),
@@ -833,11 +870,8 @@ pub async fn login(issuer: &Issuer, form: &Form<'_>, secure_cookie: bool) -> Res
     }
     issuer.metrics().logins_ok.increment(1);
     issuer.metrics().sessions.set(flows.sessions.len() as f64);
-    let location = match issue_code(issuer, &pending, session, now_s) {
-        Ok(l) => l,
-        Err(full) => return store_full(full),
-    };
-    let mut r = found(&location);
+    // The session exists from here on, so the cookie goes out even if the code store is full (a 503).
+    let mut r = issue_code(issuer, &pending, session, now_s);
     // Lax: the cookie must come along on the top-level GET navigations to /authorize from client sites.
     let cookie = format!(
         "{SESSION_COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",

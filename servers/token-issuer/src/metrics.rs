@@ -6,7 +6,7 @@
 //! - `oidc_sign_seconds`: time to sign one token (claims serialization included).
 //! - `oidc_key_rotations_total`, `oidc_published_keys`: rotations done, keys in the JWKS.
 //! - `oidc_introspections_total{active}`, `oidc_revocations_total`, `oidc_revoked_tokens`.
-//! - `oidc_logins_total{result}` (`ok`, `failed`), `oidc_sessions` (live sessions, expired ones until pruned),
+//! - `oidc_logins_total{result}` (`ok`, `failed`), `oidc_sessions` (sessions held, set at each login; expired ones count until pruned),
 //!   `oidc_codes_issued_total`, `oidc_code_reuse_total`, `oidc_refresh_reuse_total` (reuse detections, each
 //!   revoking a grant), `oidc_authorize_errors_total` (errors redirected to a client).
 

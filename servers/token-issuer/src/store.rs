@@ -244,6 +244,25 @@ mod tests {
     }
 
     #[test]
+    fn extended_entries_survive_pruning_past_their_first_expiry() {
+        let s: TtlStore<u32> = TtlStore::new("test", 2);
+        s.insert([1; 32], 1, 100, 0).unwrap();
+        s.insert([2; 32], 2, 100, 0).unwrap();
+        // Extend the first to 300.
+        s.with_mut(&[1; 32], 50, |_, exp| *exp = 300).unwrap();
+        // At 150 the second has expired and makes room; the first, extended, stays.
+        s.insert([3; 32], 3, 250, 150).unwrap();
+        assert_eq!(s.with_mut(&[1; 32], 150, |v, _| *v), Some(1));
+        assert_eq!(s.with_mut(&[2; 32], 150, |v, _| *v), None);
+        // Full of live entries: refused, with the time until the oldest queued one expires.
+        let full = s.insert([4; 32], 4, 400, 160).unwrap_err();
+        assert_eq!(full.entries, 2);
+        assert!(full.retry_after_s >= 1);
+        assert_eq!(s.with_mut(&[1; 32], 299, |v, _| *v), Some(1));
+        assert_eq!(s.with_mut(&[1; 32], 300, |v, _| *v), None);
+    }
+
+    #[test]
     fn removed_entries_do_not_grow_the_queue_without_bound() {
         let s: TtlStore<u32> = TtlStore::new("test", 4);
         for i in 0..10_000u32 {

@@ -330,9 +330,63 @@ async fn authorize_refuses_plain_pkce_missing_challenge_and_bad_requests() {
     )
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    // POST is not allowed.
-    let r = call(&app, Method::POST, "/authorize", &[], b"").await;
+    // PUT is not allowed.
+    let r = call(&app, Method::PUT, "/authorize", &[], b"").await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn authorize_accepts_post_and_honours_max_age() {
+    let (app, clock) = cheap_app("");
+    let (_, cookie) = code_for(&app, WEB_ID, WEB_CB, "openid").await;
+    // POST with the parameters in a form body (OIDC Core §3.1.2.1), with the session: a code at once.
+    let target = authorize_query(WEB_ID, WEB_CB, "openid", "");
+    let body = target.strip_prefix("/authorize?").unwrap();
+    let r = call(
+        &app,
+        Method::POST,
+        "/authorize",
+        &[("content-type", FORM), ("cookie", &cookie)],
+        body.as_bytes(),
+    )
+    .await;
+    assert!(param(&location_params(&r), "code").is_some());
+    // A POST without a form content type is a 400, not a redirect.
+    let r = call(
+        &app,
+        Method::POST,
+        "/authorize",
+        &[("cookie", &cookie)],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // max_age: a 100 s old session satisfies max_age=100 but not max_age=99.
+    clock.advance(100);
+    let r = get(
+        &app,
+        &authorize_query(WEB_ID, WEB_CB, "openid", "&max_age=100"),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    let r = get(
+        &app,
+        &authorize_query(WEB_ID, WEB_CB, "openid", "&max_age=99"),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "the login form again");
+    let r = get(
+        &app,
+        &authorize_query(WEB_ID, WEB_CB, "openid", "&max_age=x"),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(
+        param(&location_params(&r), "error").as_deref(),
+        Some("invalid_request")
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

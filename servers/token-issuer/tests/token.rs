@@ -358,8 +358,12 @@ async fn wrong_content_types_methods_and_sizes() {
     assert_eq!(r.header("allow"), Some("POST"));
     let r = call(&app, Method::POST, "/jwks", &[], b"").await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
-    let r = call(&app, Method::GET, "/authorize", &[], b"").await;
+    let r = call(&app, Method::GET, "/nowhere", &[], b"").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // /authorize exists now: without parameters it is a 400 and no redirect.
+    let r = call(&app, Method::GET, "/authorize", &[], b"").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.header("location").is_none());
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -232,6 +232,70 @@ pub fn revoke_jtis(
     Ok(())
 }
 
+/// `/introspect` of a refresh token: active while unused, unexpired and its family not revoked; visible to its own
+/// client and to clients with `introspect_any`.
+pub fn introspect(
+    issuer: &crate::app::Issuer,
+    client: &crate::config::Client,
+    token: &str,
+    now_s: u64,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let flows = issuer.flows();
+    let active = flows
+        .refresh
+        .peek(token, now_s)
+        .filter(|(e, _)| !e.used && flows.refresh.family_active(&e.family, now_s))
+        .filter(|(e, _)| client.introspect_any || e.client_id == client.id);
+    let body = match active {
+        Some((e, exp)) => {
+            issuer.metrics().introspections_active.increment(1);
+            serde_json::json!({
+                "active": true,
+                "token_type": "refresh_token",
+                "client_id": e.client_id,
+                "scope": e.scope,
+                "sub": flows.users.get(e.user).map(|u| u.sub.as_str()),
+                "iss": issuer.issuer(),
+                "exp": exp,
+            })
+        }
+        None => {
+            issuer.metrics().introspections_inactive.increment(1);
+            serde_json::json!({"active": false})
+        }
+    };
+    let mut r = crate::oauth::json_response(
+        http::StatusCode::OK,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    );
+    crate::oauth::no_store(&mut r);
+    r
+}
+
+/// `/revoke` of a refresh token: revokes its family (every refresh token of the grant and the access tokens issued
+/// in it, RFC 7009 §2.1). Unknown tokens are fine (§2.2); another client's is `unauthorized_client`.
+pub fn revoke(
+    issuer: &crate::app::Issuer,
+    client: &crate::config::Client,
+    token: &str,
+    now_s: u64,
+) -> Result<(), OAuthError> {
+    let refresh = &issuer.flows().refresh;
+    let Some((entry, _)) = refresh.peek(token, now_s) else {
+        return Ok(());
+    };
+    if entry.client_id != client.id {
+        return Err(OAuthError::new(
+            ErrorCode::UnauthorizedClient,
+            "the token was issued to another client",
+        ));
+    }
+    let jtis = refresh.revoke_family(&entry.family, now_s);
+    revoke_jtis(issuer, &jtis, now_s)?;
+    issuer.metrics().revocations.increment(1);
+    Ok(())
+}
+
 pub(crate) fn full(e: StoreFull) -> OAuthError {
     OAuthError::new(ErrorCode::TemporarilyUnavailable, e.to_string())
         .with_status(http::StatusCode::SERVICE_UNAVAILABLE)

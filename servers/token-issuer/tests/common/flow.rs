@@ -139,6 +139,8 @@ pub async fn code_for(app: &OidcApp, client_id: &str, cb: &str, scope: &str) -> 
             .unwrap()
             .starts_with("text/html")
     );
+    assert_eq!(form.header("x-frame-options"), Some("DENY"));
+    assert_eq!(form.header("cache-control"), Some("no-store"));
     let r = login(app, &request_id(&form), "alice", "alice-password").await;
     let cookie = session_cookie(&r);
     let p = location_params(&r);
