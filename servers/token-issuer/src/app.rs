@@ -210,6 +210,7 @@ impl Issuer {
             jti: jti.as_str(),
             client_id: &client.id,
             scope,
+            grant_id: None,
         };
         let keys = self.ring.snapshot(now_s);
         let started = Instant::now();
@@ -228,6 +229,13 @@ impl Issuer {
         let keys = self.ring.snapshot(now_s);
         let claims = verify_access_token(token, &keys, &self.expected(), now_s)?;
         if self.revoked.is_revoked(&claims.jti, now_s) {
+            return Err(Inactive::Revoked);
+        }
+        // A token from a refresh-token grant dies with its grant (reuse detection, `/revoke` of a refresh token,
+        // a replayed code): one lookup instead of a list of every access token the grant ever got.
+        if let Some(g) = &claims.grant_id
+            && !crate::grants::refresh_token::grant_active(self, g, now_s)
+        {
             return Err(Inactive::Revoked);
         }
         Ok(claims)

@@ -78,6 +78,7 @@ pub struct UserTokens {
 }
 
 /// Mints the access token and (with `openid`) the ID token for `user` and `client`.
+#[allow(clippy::too_many_arguments)] // each is one claim of the two tokens; a struct would only rename them
 pub fn mint_user_tokens(
     issuer: &Issuer,
     client: &Client,
@@ -85,6 +86,7 @@ pub fn mint_user_tokens(
     scope: &str,
     auth_time_s: u64,
     nonce: Option<&str>,
+    grant_id: Option<&str>,
     now_s: u64,
 ) -> Result<UserTokens, OAuthError> {
     let fail = |e: crate::keys::KeyError| {
@@ -104,6 +106,7 @@ pub fn mint_user_tokens(
         jti: jti.as_str(),
         client_id: &client.id,
         scope,
+        grant_id,
     };
     // One snapshot: the ID token is signed by the same key, so `at_hash` uses that key's algorithm.
     let keys = issuer.ring().snapshot(now_s);

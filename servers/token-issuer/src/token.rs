@@ -75,6 +75,10 @@ pub struct AccessTokenClaims<'a> {
     pub client_id: &'a str,
     /// Granted scope.
     pub scope: &'a str,
+    /// The refresh-token grant (family) the token was issued in, if any: revoking the grant revokes the token
+    /// with one lookup, however many times it was refreshed. Absent (and costless) for other grants.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<&'a str>,
 }
 
 #[cfg(test)]

@@ -76,6 +76,9 @@ pub struct AccessClaims {
     /// Granted scope, space-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The refresh-token grant the token was issued in (see `token::AccessTokenClaims::grant_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
 }
 
 /// Why a token was refused.

@@ -267,3 +267,51 @@ async fn eddsa_id_tokens_hash_the_access_token_with_sha512() {
         jsonwebtoken::Algorithm::EdDSA
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_fast_refresher_is_served_and_reuse_still_revokes_every_access_token_of_the_grant() {
+    // Far more refreshes than one access-token lifetime would see from a polite client: each works, and every access
+    // token of the grant names it (`grant_id`), so one reuse revokes all of them with one flag.
+    let (app, clock) = cheap_app("");
+    let first = tokens(&app, "openid read").await;
+    let mut rt = s(&first, "refresh_token").to_string();
+    let first_rt = rt.clone();
+    let mut access = vec![s(&first, "access_token").to_string()];
+    for _ in 0..40 {
+        clock.advance(1);
+        let r = refresh(&app, &rt, "").await;
+        assert_eq!(r.status, StatusCode::OK);
+        let v = r.json();
+        rt = s(&v, "refresh_token").to_string();
+        access.push(s(&v, "access_token").to_string());
+    }
+    let gid = introspect(&app, WEB_ID, WEB_SECRET, &access[0]).await["grant_id"].clone();
+    assert!(gid.as_str().is_some_and(|g| g.len() == 43), "{gid}");
+    for a in &access {
+        let v = introspect(&app, WEB_ID, WEB_SECRET, a).await;
+        assert_eq!(v["active"], true);
+        assert_eq!(v["grant_id"], gid, "one grant");
+    }
+    // A client_credentials token has no grant_id.
+    let cc = bench_token(&app, "").await;
+    assert!(
+        introspect(&app, BENCH_ID, BENCH_SECRET, &cc)
+            .await
+            .get("grant_id")
+            .is_none()
+    );
+    assert_eq!(
+        refresh(&app, &first_rt, "").await.oauth_error(),
+        "invalid_grant"
+    );
+    for a in &access {
+        assert_eq!(
+            introspect(&app, WEB_ID, WEB_SECRET, a).await["active"],
+            false
+        );
+    }
+    assert_eq!(
+        get_userinfo(&app, &access[40]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}

@@ -14,7 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::authorize::{CodeGrant, Issued};
-use crate::grants::refresh_token::{RefreshEntry, full, revoke_issued};
+use crate::grants::refresh_token::{RefreshEntry, full, grant_id_of, revoke_issued};
 use crate::grants::{Grant, TokenRequest, TokenResponse};
 use crate::id_token::mint_user_tokens;
 use crate::oauth::{ErrorCode, OAuthError};
@@ -107,6 +107,13 @@ pub fn issue(req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
     let Some(user) = flows.users.get(grant.user) else {
         return Err(invalid("the user no longer exists"));
     };
+    // The grant (refresh token family) starts first, so the access token can name it (`grant_id`).
+    let family = if req.client.grants.contains(Grant::RefreshToken) {
+        Some(flows.refresh.start_family(req.now_s).map_err(full)?)
+    } else {
+        None
+    };
+    let grant_id = family.as_ref().map(grant_id_of);
     let tokens = mint_user_tokens(
         issuer,
         req.client,
@@ -114,21 +121,16 @@ pub fn issue(req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
         &grant.scope,
         grant.auth_time_s,
         grant.nonce.as_deref(),
+        grant_id.as_deref(),
         req.now_s,
     )?;
-    let mut issued = Issued {
+    let issued = Issued {
         jti: tokens.jti,
         access_exp_s: tokens.access_exp_s,
-        family: None,
+        family,
     };
     let mut refresh_token = None;
-    if req.client.grants.contains(Grant::RefreshToken) {
-        let family = flows.refresh.start_family(req.now_s).map_err(full)?;
-        issued.family = Some(family);
-        flows
-            .refresh
-            .record_access(&family, tokens.jti, tokens.access_exp_s, req.now_s)
-            .map_err(|e| OAuthError::new(ErrorCode::InvalidGrant, e.to_string()))?;
+    if let Some(family) = family {
         refresh_token = Some(
             flows
                 .refresh

@@ -12,8 +12,13 @@
 //! the original). The response has a new access token, a new refresh token and, with `openid`, a new ID token (OIDC
 //! Core §12.2: same `sub`, `aud`, `auth_time`; no `nonce`).
 //!
+//! Access tokens (and so their ID tokens' sessions) issued in a family carry its id as the `grant_id` claim, and
+//! [`crate::app::Issuer::verify`] checks that the family is live: revoking a family revokes every access token it ever
+//! got with one flag, whatever the refresh rate, with no list of token ids to keep or bound. (An earlier version kept
+//! up to 16 `jti`s per family and refused a 17th refresh within one access-token lifetime; a client that refreshes
+//! often is legitimate, and a per-family list was memory for nothing.)
+//!
 //! Bounds: at most `max_refresh_tokens` tokens (used ones included) and as many families; a full store answers 503.
-//! A family remembers at most [`MAX_ACCESS_TOKENS_PER_FAMILY`] unexpired access tokens.
 
 use crate::authorize::Issued;
 use crate::grants::{TokenRequest, TokenResponse};
@@ -21,10 +26,6 @@ use crate::id_token::{has_scope, mint_user_tokens};
 use crate::oauth::{ErrorCode, OAuthError};
 use crate::store::{Key, StoreFull, TtlStore, key_of, new_opaque_token};
 use crate::token::Jti;
-
-/// Unexpired access tokens remembered per family (for revocation on reuse). A client refreshing faster than this
-/// many times per access token lifetime is refused with 503 until one expires.
-pub const MAX_ACCESS_TOKENS_PER_FAMILY: usize = 16;
 
 /// A refresh token in the store.
 #[derive(Debug, Clone)]
@@ -43,13 +44,30 @@ pub struct RefreshEntry {
     pub used: bool,
 }
 
-/// A family of rotated refresh tokens.
+/// A family of rotated refresh tokens (one authorization grant).
 #[derive(Debug, Clone, Default)]
 pub struct Family {
     /// Revoked after reuse or by `/revoke`.
     pub revoked: bool,
-    /// Unexpired access tokens issued in the family.
-    pub access: Vec<(Jti, u64)>,
+}
+
+/// The `grant_id` claim of a family: its 32-byte key, base64url (the key is the hash of a random value that was never
+/// sent anywhere, so it reveals nothing).
+pub fn grant_id_of(family: &Key) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, family)
+}
+
+/// Whether the grant a `grant_id` names is live and not revoked.
+pub fn grant_active(issuer: &crate::app::Issuer, grant_id: &str, now_s: u64) -> bool {
+    let mut key = [0u8; 32];
+    match base64::Engine::decode_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        grant_id,
+        &mut key,
+    ) {
+        Ok(32) => issuer.flows().refresh.family_active(&key, now_s),
+        _ => false,
+    }
 }
 
 /// What redeeming a refresh token found.
@@ -61,19 +79,6 @@ pub enum Redeemed {
     Reused(RefreshEntry),
     /// Valid, now marked used.
     Fresh(RefreshEntry),
-}
-
-/// Why an access token could not be recorded in its family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum FamilyError {
-    /// The family was revoked (concurrent reuse detection) or has expired.
-    #[error("the refresh token family was revoked")]
-    Revoked,
-    /// Too many unexpired access tokens in the family.
-    #[error(
-        "more than {MAX_ACCESS_TOKENS_PER_FAMILY} unexpired access tokens in this grant; retry later"
-    )]
-    Full,
 }
 
 /// Refresh tokens and their families.
@@ -106,29 +111,19 @@ impl RefreshStore {
         Ok(key)
     }
 
-    /// Records an access token issued in `family` and extends the family to outlive the newest refresh token.
-    pub fn record_access(
-        &self,
-        family: &Key,
-        jti: Jti,
-        exp_s: u64,
-        now_s: u64,
-    ) -> Result<(), FamilyError> {
+    /// Extends a live family to outlive the refresh token about to be issued in it (so its access tokens, which
+    /// expire sooner, can always be checked against it); false if it was revoked or has expired.
+    pub fn extend_family(&self, family: &Key, now_s: u64) -> bool {
         let until_s = now_s + self.lifetime_s;
         self.families
             .with_mut(family, now_s, |f, expires_s| {
                 if f.revoked {
-                    return Err(FamilyError::Revoked);
+                    return false;
                 }
-                f.access.retain(|(_, e)| *e > now_s);
-                if f.access.len() >= MAX_ACCESS_TOKENS_PER_FAMILY {
-                    return Err(FamilyError::Full);
-                }
-                f.access.push((jti, exp_s));
                 *expires_s = (*expires_s).max(until_s);
-                Ok(())
+                true
             })
-            .unwrap_or(Err(FamilyError::Revoked))
+            .unwrap_or(false)
     }
 
     /// Issues a refresh token in `family`.
@@ -178,14 +173,10 @@ impl RefreshStore {
             .unwrap_or(false)
     }
 
-    /// Revokes `family`; the access tokens to put into the revocation set.
-    pub fn revoke_family(&self, family: &Key, now_s: u64) -> Vec<(Jti, u64)> {
+    /// Revokes `family`: its refresh tokens and (through their `grant_id`) its access tokens stop working.
+    pub fn revoke_family(&self, family: &Key, now_s: u64) {
         self.families
-            .with_mut(family, now_s, |f, _| {
-                f.revoked = true;
-                std::mem::take(&mut f.access)
-            })
-            .unwrap_or_default()
+            .with_mut(family, now_s, |f, _| f.revoked = true);
     }
 
     /// Refresh tokens held (used ones included).
@@ -202,11 +193,11 @@ impl RefreshStore {
 /// Revokes what was issued from a replayed code or refresh token: the access token and the refresh family.
 pub fn revoke_issued(req: &TokenRequest<'_>, issued: &Issued) -> Result<(), OAuthError> {
     let issuer = req.issuer;
-    let mut jtis = vec![(issued.jti, issued.access_exp_s)];
     if let Some(f) = &issued.family {
-        jtis.extend(issuer.flows().refresh.revoke_family(f, req.now_s));
+        issuer.flows().refresh.revoke_family(f, req.now_s);
     }
-    revoke_jtis(issuer, &jtis, req.now_s)
+    // Also by `jti`: a client without the refresh grant gets no family, and so no `grant_id`.
+    revoke_jtis(issuer, &[(issued.jti, issued.access_exp_s)], req.now_s)
 }
 
 /// Puts access token ids into the revocation set (kept until `exp` + leeway, like `/revoke`).
@@ -290,8 +281,7 @@ pub fn revoke(
             "the token was issued to another client",
         ));
     }
-    let jtis = refresh.revoke_family(&entry.family, now_s);
-    revoke_jtis(issuer, &jtis, now_s)?;
+    refresh.revoke_family(&entry.family, now_s);
     issuer.metrics().revocations.increment(1);
     Ok(())
 }
@@ -314,9 +304,8 @@ pub fn issue(req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
         Redeemed::Unknown => return Err(invalid("unknown, expired or revoked refresh token")),
         Redeemed::Reused(e) => {
             // Whoever presents it (even another client), a used token showing up again means it leaked.
-            let jtis = store.revoke_family(&e.family, req.now_s);
+            store.revoke_family(&e.family, req.now_s);
             req.issuer.metrics().refresh_reuse.increment(1);
-            revoke_jtis(req.issuer, &jtis, req.now_s)?;
             return Err(invalid(
                 "refresh token already used: the grant is revoked (RFC 9700 §4.14.2)",
             ));
@@ -346,6 +335,7 @@ pub fn issue(req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
             granted.into_owned()
         }
     };
+    let grant_id = grant_id_of(&entry.family);
     let tokens = mint_user_tokens(
         req.issuer,
         req.client,
@@ -353,21 +343,12 @@ pub fn issue(req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
         &scope,
         entry.auth_time_s,
         None,
+        Some(&grant_id),
         req.now_s,
     )?;
-    match store.record_access(&entry.family, tokens.jti, tokens.access_exp_s, req.now_s) {
-        Ok(()) => {}
-        Err(FamilyError::Revoked) => {
-            // Reuse was detected while we minted: what we just made must not work either.
-            revoke_jtis(req.issuer, &[(tokens.jti, tokens.access_exp_s)], req.now_s)?;
-            return Err(invalid("the refresh token's grant was revoked"));
-        }
-        Err(e @ FamilyError::Full) => {
-            return Err(
-                OAuthError::new(ErrorCode::TemporarilyUnavailable, e.to_string())
-                    .with_status(http::StatusCode::SERVICE_UNAVAILABLE),
-            );
-        }
+    // Reuse detected while we minted revokes the family, and with it what we just made (its `grant_id`).
+    if !store.extend_family(&entry.family, req.now_s) {
+        return Err(invalid("the refresh token's grant was revoked"));
     }
     let refresh_token = match store.issue(
         RefreshEntry {
@@ -419,35 +400,35 @@ mod tests {
     }
 
     #[test]
-    fn families_collect_access_tokens_until_revoked() {
+    fn families_extend_until_revoked() {
         let s = RefreshStore::new(10, 100);
         let f = s.start_family(0).unwrap();
-        let a = Jti::random().unwrap();
-        s.record_access(&f, a, 50, 0).unwrap();
         assert!(s.family_active(&f, 10));
-        let revoked = s.revoke_family(&f, 10);
-        assert_eq!(revoked.len(), 1);
-        assert_eq!(revoked[0].0.as_str(), a.as_str());
-        assert!(!s.family_active(&f, 10));
-        assert_eq!(
-            s.record_access(&f, Jti::random().unwrap(), 60, 10),
-            Err(FamilyError::Revoked)
+        // Extending at 90 keeps it past its first expiry (100).
+        assert!(s.extend_family(&f, 90));
+        assert!(s.family_active(&f, 150));
+        s.revoke_family(&f, 150);
+        assert!(!s.family_active(&f, 150));
+        assert!(
+            !s.extend_family(&f, 150),
+            "a revoked family is not extended"
         );
+        assert!(!s.family_active(&f, 10_000), "expired");
     }
 
     #[test]
-    fn a_family_bounds_its_live_access_tokens() {
-        let s = RefreshStore::new(10, 1000);
+    fn grant_ids_round_trip_to_the_family_key() {
+        let s = RefreshStore::new(10, 100);
         let f = s.start_family(0).unwrap();
-        for _ in 0..MAX_ACCESS_TOKENS_PER_FAMILY {
-            s.record_access(&f, Jti::random().unwrap(), 300, 0).unwrap();
-        }
-        assert_eq!(
-            s.record_access(&f, Jti::random().unwrap(), 300, 0),
-            Err(FamilyError::Full)
-        );
-        // Once they expire there is room again.
-        s.record_access(&f, Jti::random().unwrap(), 700, 300)
-            .unwrap();
+        let id = grant_id_of(&f);
+        assert_eq!(id.len(), 43);
+        let mut back = [0u8; 32];
+        let n = base64::Engine::decode_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            &id,
+            &mut back,
+        )
+        .unwrap();
+        assert_eq!((n, back), (32, f));
     }
 }
