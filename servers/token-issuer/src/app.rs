@@ -33,9 +33,11 @@ use crate::grants::{self, Grant, TokenRequest};
 use crate::keys::{JwsType, KeyError, KeyRing, RingState};
 use crate::metrics::OidcMetrics;
 use crate::oauth::{ErrorCode, OAuthError, json_response, no_store};
+use crate::private_key_jwt;
 use crate::revoke::Revocations;
 use crate::secret::{AdminToken, SecretHasher};
-use crate::token::{AccessTokenClaims, AudRef, Jti};
+use crate::token::{AccessTokenClaims, Act, AudRef, Jti};
+use crate::trust::Federation;
 use crate::verify::{AccessClaims, Expected, VerifyError, verify_access_token};
 
 /// Largest form body at the token, introspection and revocation endpoints; larger ones get 413 with an
@@ -63,6 +65,7 @@ pub struct Issuer {
     discovery_cache_control: HeaderValue,
     jwks_cache_control: HeaderValue,
     admin_token: Option<AdminToken>,
+    federation: Federation,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -102,6 +105,7 @@ pub fn app(
     let discovery = Discovery::new(issuer, cfg.signing_alg, scopes);
     let discovery_json =
         serde_json::to_vec(&discovery).map_err(|e| OidcError::Internal(e.to_string()))?;
+    let federation = Federation::new(cfg.federation.clone(), issuer);
     let metrics = OidcMetrics::new();
     metrics
         .published_keys
@@ -125,6 +129,7 @@ pub fn app(
             discovery_cache_control: cache_control(DISCOVERY_MAX_AGE_S)?,
             jwks_cache_control: cache_control(cfg.jwks_max_age_s)?,
             admin_token,
+            federation,
         }),
     })
 }
@@ -150,6 +155,16 @@ impl Issuer {
         &self.clock
     }
 
+    /// Clock skew tolerated in verification, seconds.
+    pub fn leeway_s(&self) -> u64 {
+        self.leeway_s
+    }
+
+    /// Trusted issuers, exchange policies, the assertion replay cache.
+    pub fn federation(&self) -> &Federation {
+        &self.federation
+    }
+
     /// The verification expectations of this issuer (any audience).
     pub fn expected(&self) -> Expected<'_> {
         Expected {
@@ -168,6 +183,19 @@ impl Issuer {
         scope: &str,
         now_s: u64,
     ) -> Result<String, OAuthError> {
+        self.mint_access_token_with_act(sub, client, aud, scope, None, now_s)
+    }
+
+    /// [`Issuer::mint_access_token`] with an `act` claim (RFC 8693 §4.1; token exchange).
+    pub fn mint_access_token_with_act(
+        &self,
+        sub: &str,
+        client: &Client,
+        aud: AudRef<'_>,
+        scope: &str,
+        act: Option<&Act>,
+        now_s: u64,
+    ) -> Result<String, OAuthError> {
         let jti = Jti::random().map_err(server_error)?;
         let claims = AccessTokenClaims {
             iss: &self.issuer,
@@ -179,6 +207,7 @@ impl Issuer {
             jti: jti.as_str(),
             client_id: &client.id,
             scope,
+            act,
         };
         let keys = self.ring.snapshot(now_s);
         let started = Instant::now();
@@ -333,7 +362,23 @@ impl OidcApp {
         };
         let form = Form::parse(&body).map_err(|e| OAuthError::invalid_request(e.to_string()))?;
         let issuer = &*self.inner;
-        let auth = authenticate(&parts.headers, &form, &issuer.clients, &issuer.hasher)?;
+        let auth = if private_key_jwt::is_attempt(&form) {
+            let fed = &issuer.federation;
+            let ctx = private_key_jwt::Context {
+                issuer: &issuer.issuer,
+                token_endpoint: &fed.token_endpoint,
+                leeway_s: issuer.leeway_s,
+                now_s: issuer.clock.now_s(),
+                replay: &fed.replay,
+            };
+            private_key_jwt::authenticate(&parts.headers, &form, &issuer.clients, &ctx)?
+        } else {
+            authenticate(&parts.headers, &form, &issuer.clients, &issuer.hasher)?
+        };
+        if endpoint == FormEndpoint::Token {
+            // A trusted issuer's JWT with an unknown kid may need a JWKS refresh (bounded); a no-op for other grants.
+            issuer.federation.prepare(&form).await;
+        }
         let now_s = issuer.clock.now_s();
         match endpoint {
             FormEndpoint::Token => self.token(&auth.client, &form, now_s),
@@ -373,6 +418,8 @@ impl OidcApp {
         // One arm per grant; new grants add theirs here (see `grants`).
         let response = match grant {
             Grant::ClientCredentials => grants::client_credentials::issue(&req)?,
+            Grant::JwtBearer => grants::jwt_bearer::issue(&req)?,
+            Grant::TokenExchange => grants::token_exchange::issue(&req)?,
         };
         self.inner.metrics.grant(grant);
         let body = serde_json::to_vec(&response)

@@ -53,6 +53,39 @@ grant_types = []
 scopes = ["read"]
 audience = "https://api.refbench.test"
 
+# Token exchange (RFC 8693) without any network: it exchanges this issuer's own tokens (e.g. bench-client's) for
+# tokens scoped to the reports API (see `exchange_policies` below). Federation with another issuer is opt-in through
+# a config file with `[[trusted_issuers]]`.
+[[clients]]
+client_id = "exchange-client"
+client_secret = "exchange-secret-0123456789abcdef"
+grant_types = ["urn:ietf:params:oauth:grant-type:token-exchange"]
+scopes = ["read", "write"]
+audience = "https://reports.refbench.test"
+resources = ["https://api.refbench.test"]
+
+# `private_key_jwt` (RFC 7523 §2.2): the public half of a P-256 key whose private half is the test fixture
+# `tests/fixtures/pkjwt-client.pkcs8.der` (published, like every secret here: loopback only).
+[[clients]]
+client_id = "pkjwt-client"
+token_endpoint_auth_method = "private_key_jwt"
+jwks = '{"keys":[{"kty":"EC","crv":"P-256","x":"ZvRjCSR4cKOa0_KiLyvh4bBUgXx0dOYW7oVEt5AMjGA","y":"p2v9EW83DwnQM1Eng0gQHwXIppVHat3C1xg3Zyl0e44","kid":"86UeO0-NOVpzv71rjJMDnDi0Z_xJoCKgoOSd9OqyCh0","alg":"ES256","use":"sig"}]}'
+grant_types = ["client_credentials"]
+scopes = ["read"]
+default_scopes = ["read"]
+audience = "https://api.refbench.test"
+
+# Who may exchange which tokens for what (see API.md, token exchange).
+[[exchange_policies]]
+client_id = "exchange-client"
+subjects_from = ["self"]
+audiences = ["https://reports.refbench.test", "https://api.refbench.test"]
+scopes = ["read", "write"]
+may_act = true
+
+[exchange_audiences]
+reports = "https://reports.refbench.test"
+
 # Users are for the login and authorization-code work that comes later; nothing reads them yet.
 [[users]]
 username = "alice"
@@ -114,7 +147,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         reason: reason.into(),
@@ -148,6 +181,14 @@ pub struct FileConfig {
     pub clients: Option<Vec<FileClient>>,
     /// Users (for the later login work).
     pub users: Option<Vec<FileUser>>,
+    /// Other issuers whose JWTs are accepted as JWT bearer assertions and token-exchange subjects (federation).
+    pub trusted_issuers: Option<Vec<crate::trust::FileTrustedIssuer>>,
+    /// Who may exchange which tokens for what (RFC 8693).
+    pub exchange_policies: Option<Vec<crate::grants::token_exchange::FilePolicy>>,
+    /// Logical names of the token-exchange `audience` parameter (RFC 8693 §2.1) and the `aud` each stands for.
+    pub exchange_audiences: Option<std::collections::BTreeMap<String, String>>,
+    /// Most assertion `jti`s remembered at once against replay (`private_key_jwt`, JWT bearer).
+    pub max_assertion_jtis: Option<usize>,
 }
 
 /// One client as written.
@@ -178,6 +219,11 @@ pub struct FileClient {
     /// only its own (RFC 7662 §4).
     #[serde(default)]
     pub introspect_any: bool,
+    /// `client_secret_basic`/`client_secret_post` (default with a secret) or `private_key_jwt` (default with
+    /// `jwks` and no secret).
+    pub token_endpoint_auth_method: Option<String>,
+    /// The client's public keys for `private_key_jwt`: a JWK Set as a JSON string or a TOML table.
+    pub jwks: Option<toml::Value>,
 }
 
 /// One user as written.
@@ -217,6 +263,8 @@ pub struct Client {
     pub resources: Vec<String>,
     /// May introspect other clients' tokens.
     pub introspect_any: bool,
+    /// The public keys of a `private_key_jwt` client (then `secret` is `None`).
+    pub jwks: Option<Arc<crate::assertion::KeySet>>,
 }
 
 impl Client {
@@ -288,6 +336,8 @@ pub struct ResolvedConfig {
     pub users: Vec<User>,
     /// Hashes presented secrets (holds the pepper).
     pub hasher: SecretHasher,
+    /// Trusted issuers, exchange policies and the replay bound.
+    pub federation: crate::trust::FederationConfig,
 }
 
 impl FileConfig {
@@ -394,6 +444,14 @@ impl FileConfig {
         let users = self.users.unwrap_or_default();
         let clients = resolve_clients(clients, &hasher, pepper_given)?;
         let users = resolve_users(users)?;
+        // A file without federation sections has none (never the embedded demo policy).
+        let federation = crate::trust::FederationConfig::resolve(
+            self.trusted_issuers.unwrap_or_default(),
+            self.exchange_policies.unwrap_or_default(),
+            self.exchange_audiences.unwrap_or_default(),
+            self.max_assertion_jtis,
+            &clients,
+        )?;
         Ok(ResolvedConfig {
             issuer,
             signing_alg,
@@ -405,6 +463,7 @@ impl FileConfig {
             clients,
             users,
             hasher,
+            federation,
         })
     }
 }
@@ -446,7 +505,7 @@ pub fn validate_issuer(issuer: &str) -> Result<(), String> {
 }
 
 /// Whether every character is visible ASCII (RFC 6749 VSCHAR without space): client ids, usernames.
-fn visible_ascii(s: &str) -> bool {
+pub(crate) fn visible_ascii(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
@@ -510,13 +569,7 @@ fn resolve_clients(
                     "give client_secret or client_secret_hmac, not both",
                 ));
             }
-            (None, None) => {
-                return Err(invalid(
-                    f("client_secret"),
-                    "one of client_secret or client_secret_hmac is required (the only client authentication \
-                     implemented is by secret)",
-                ));
-            }
+            (None, None) => None,
             (Some(s), None) => {
                 let n = s.chars().count();
                 if !(MIN_CLIENT_SECRET_CHARS..=MAX_CLIENT_SECRET_CHARS).contains(&n)
@@ -530,7 +583,7 @@ fn resolve_clients(
                         ),
                     ));
                 }
-                hasher.hash(s.as_bytes())
+                Some(hasher.hash(s.as_bytes()))
             }
             (None, Some(h)) => {
                 if !pepper_given {
@@ -539,10 +592,24 @@ fn resolve_clients(
                         "needs the pepper it was made under: start with --secret-pepper-file",
                     ));
                 }
-                SecretHash::from_b64(&h)
-                    .map_err(|e| invalid(f("client_secret_hmac"), e.to_string()))?
+                Some(
+                    SecretHash::from_b64(&h)
+                        .map_err(|e| invalid(f("client_secret_hmac"), e.to_string()))?,
+                )
             }
         };
+        let jwks = match c.jwks {
+            None => None,
+            Some(v) => Some(Arc::new(
+                crate::private_key_jwt::client_jwks(&v).map_err(|r| invalid(f("jwks"), r))?,
+            )),
+        };
+        crate::private_key_jwt::check_auth_method(
+            c.token_endpoint_auth_method.as_deref(),
+            secret.is_some(),
+            jwks.is_some(),
+        )
+        .map_err(|(field, r)| invalid(f(field), r))?;
         let mut grants = GrantSet::default();
         let names = c
             .grant_types
@@ -617,13 +684,14 @@ fn resolve_clients(
         }
         out.push(Arc::new(Client {
             id: c.client_id,
-            secret: Some(secret),
+            secret,
             grants,
             scopes: c.scopes,
             default_scope,
             audience: c.audience,
             resources,
             introspect_any: c.introspect_any,
+            jwks,
         }));
     }
     Ok(out)
@@ -703,8 +771,11 @@ audience = "https://api.test"
         assert_eq!(c.signing_alg, SigningAlg::Es256);
         assert_eq!(c.lifetimes.access_s, 300);
         assert_eq!(c.rotate_every_s, None);
-        assert_eq!(c.clients.len(), 3);
+        assert_eq!(c.clients.len(), 5);
         assert_eq!(c.clients[0].id, "bench-client");
+        assert!(c.clients[4].jwks.is_some() && c.clients[4].secret.is_none());
+        assert_eq!(c.federation.policies.len(), 1);
+        assert!(c.federation.trusted_issuers.is_empty());
         assert_eq!(c.clients[0].default_scope, "read");
         assert!(c.clients[0].allows_resource("https://api.refbench.test"));
         assert!(c.clients[0].grants.contains(Grant::ClientCredentials));

@@ -39,20 +39,24 @@
 //! (`config::User`, used by the later login work) are the low-entropy case and must be hashed with argon2id.
 
 pub mod app;
+pub mod assertion;
 pub mod client_auth;
 pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod fetch;
 pub mod form;
 pub mod grants;
 pub mod keys;
 pub mod metrics;
 pub mod oauth;
+pub mod private_key_jwt;
 pub mod revoke;
 pub mod secret;
 pub mod server;
 pub mod token;
+pub mod trust;
 pub mod verify;
 
 pub use app::{Inactive, Issuer, MAX_FORM_BODY_BYTES, OidcApp, app};

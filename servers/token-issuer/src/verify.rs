@@ -76,6 +76,9 @@ pub struct AccessClaims {
     /// Granted scope, space-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The actor (RFC 8693 §4.1) of a token made by token exchange; shown by introspection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<crate::token::Act>,
 }
 
 /// Why a token was refused.

@@ -8,6 +8,8 @@
 //! 3. its arm in the dispatch `match` of `app::Issuer::token`.
 
 pub mod client_credentials;
+pub mod jwt_bearer;
+pub mod token_exchange;
 
 use std::sync::Arc;
 
@@ -22,16 +24,26 @@ use crate::form::Form;
 pub enum Grant {
     /// `client_credentials` (RFC 6749 §4.4): the client acts for itself; `sub` is its client id.
     ClientCredentials,
+    /// JWT bearer (RFC 7523 §2.1): a trusted issuer's JWT about a subject becomes a token here.
+    JwtBearer,
+    /// Token exchange (RFC 8693): a subject token becomes a token for another audience.
+    TokenExchange,
 }
 
 impl Grant {
     /// Every implemented grant, in the order discovery lists them.
-    pub const ALL: [Grant; 1] = [Grant::ClientCredentials];
+    pub const ALL: [Grant; 3] = [
+        Grant::ClientCredentials,
+        Grant::JwtBearer,
+        Grant::TokenExchange,
+    ];
 
     /// The `grant_type` value.
     pub fn as_str(self) -> &'static str {
         match self {
             Grant::ClientCredentials => "client_credentials",
+            Grant::JwtBearer => jwt_bearer::GRANT_TYPE,
+            Grant::TokenExchange => token_exchange::GRANT_TYPE,
         }
     }
 
@@ -91,4 +103,7 @@ pub struct TokenResponse {
     /// An OpenID Connect ID token (only for grants that authenticate a user).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
+    /// The type of the issued token (token exchange only, RFC 8693 §2.2.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
 }
