@@ -68,10 +68,10 @@ pub enum AssertionError {
     #[error("critical header extensions are not supported")]
     CriticalHeader,
     /// No key of the issuer has this `kid` (or, without a `kid`, no single key fits the `alg`).
-    #[error("no key for kid {0:?}")]
+    #[error("no key for kid {}", kid_label(.0))]
     UnknownKid(Option<String>),
     /// The key the `kid` names is of another type, curve or algorithm than the header's `alg`.
-    #[error("the key {0:?} does not fit the header's alg")]
+    #[error("the key {} does not fit the header's alg", kid_label(.0))]
     KeyAlgMismatch(Option<String>),
     /// The signature does not verify.
     #[error("bad signature")]
@@ -114,6 +114,10 @@ pub enum AssertionError {
     /// The `act` chain is deeper than [`MAX_ACT_DEPTH`].
     #[error("act chain deeper than {MAX_ACT_DEPTH}")]
     ActTooDeep,
+}
+
+fn kid_label(kid: &Option<String>) -> &str {
+    kid.as_deref().unwrap_or("(no kid)")
 }
 
 /// One verification key from a JWK Set.
