@@ -9,7 +9,12 @@
 //! - [`token`] and [`verify`]: minting RFC 9068 access tokens; verifying them (a pure function).
 //! - [`form`], [`client_auth`], [`oauth`]: strict form bodies, `client_secret_basic` / `client_secret_post`, and
 //!   RFC 6749 §5.2 error answers.
-//! - [`grants`]: the [`grants::Grant`] enum and one module per grant (`client_credentials` today).
+//! - [`assertion`]: verifying JWTs signed by others (asymmetric `alg` allow-list, JWK Sets, time and audience
+//!   rules) and the bounded `jti` replay cache; [`private_key_jwt`]: client authentication by signed assertion.
+//! - [`fetch`]: bounded loopback-only HTTP GETs; [`trust`]: trusted issuers (inline or fetched JWKS with refresh),
+//!   subject mapping, exchange policies (federation).
+//! - [`grants`]: the [`grants::Grant`] enum and one module per grant (`client_credentials`, `jwt_bearer`,
+//!   `token_exchange`).
 //! - [`revoke`]: the bounded revocation set; [`discovery`]: the discovery document; [`metrics`].
 //! - [`app`]: the HTTP service ([`app()`] builds it, [`OidcApp::handle`] answers without a socket);
 //!   [`server`]: flags, start-up and serving ([`run`], [`start`]).

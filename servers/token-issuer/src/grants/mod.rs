@@ -1,6 +1,6 @@
 //! OAuth 2.0 grants: the [`Grant`] enum and one module per grant.
 //!
-//! Adding a grant (authorization code with PKCE, refresh token, token exchange RFC 8693, JWT bearer RFC 7523):
+//! Adding a grant (authorization code with PKCE, refresh token):
 //! 1. a variant in [`Grant`] with its `grant_type` value in [`Grant::as_str`] and [`Grant::ALL`] (discovery's
 //!    `grant_types_supported` and the config's `grant_types` follow from these);
 //! 2. a module here with an `issue(&TokenRequest) -> Result<TokenResponse, OAuthError>` like
