@@ -5,7 +5,7 @@
 //! at start, before the server announces it is ready, `<issuer>/.well-known/openid-configuration` is read, its
 //! `issuer` must equal the configured one exactly (OIDC Discovery §4.3: otherwise a document could speak for another
 //! issuer), then its `jwks_uri` is read. Afterwards the JWKS is refreshed
-//! - every `jwks_max_age_s` in the background ([`Federation::refresh_all`], driven by the server), and
+//! - every `jwks_max_age_s` in the background ([`TrustedIssuer::keep_fresh`], one task per issuer started by the server), and
 //! - when a token names a `kid` the cached set lacks (the issuer rotated), at most once per
 //!   `jwks_min_refresh_interval_s` per issuer, so tokens with made-up kids cannot turn this server into a fetch
 //!   amplifier. The request waits for that refresh (bounded by [`crate::fetch::FETCH_TIMEOUT`]).
@@ -70,9 +70,9 @@ pub struct FileTrustedIssuer {
     pub algorithms: Option<Vec<String>>,
     /// Local clients that may present its tokens (JWT bearer assertions, token-exchange subjects and actors).
     pub clients: Vec<String>,
-    /// Background JWKS refresh period of a fetched set, seconds [300].
+    /// Background JWKS refresh period of a fetched set, seconds (default 300).
     pub jwks_max_age_s: Option<u64>,
-    /// Least time between two refreshes caused by an unknown `kid`, seconds [10].
+    /// Least time between two refreshes caused by an unknown `kid`, seconds (default 10).
     pub jwks_min_refresh_interval_s: Option<u64>,
 }
 
