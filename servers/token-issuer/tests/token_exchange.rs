@@ -331,3 +331,156 @@ audience = "{API}"
     let r = exchange(&app, EXCHANGE_ID, EXCHANGE_SECRET, &st).await;
     assert_eq!(r.oauth_error(), "invalid_grant");
 }
+
+/// A trusted issuer with inline keys (`subject = "keep"`) and two clients: `fed-client` (policy: subjects from that
+/// issuer, `client_as_actor`) and `fed-other` (a policy, but the trusted issuer does not list it).
+fn federated_app(idp: &TestKey) -> (refbench_oidc::OidcApp, refbench_oidc::Clock) {
+    test_app(embedded_plus(&format!(
+        r#"
+[[clients]]
+client_id = "fed-client"
+client_secret = "fed-client-secret-0123456789abcdef"
+grant_types = ["{TOKEN_EXCHANGE}"]
+scopes = ["read", "write"]
+audience = "{API}"
+
+[[clients]]
+client_id = "fed-other"
+client_secret = "fed-other-secret-0123456789abcdef"
+grant_types = ["{TOKEN_EXCHANGE}"]
+scopes = ["read"]
+audience = "{API}"
+
+[[trusted_issuers]]
+issuer = "https://idp.test"
+subject = "keep"
+jwks = '{}'
+clients = ["fed-client"]
+algorithms = ["ES256"]
+
+[[exchange_policies]]
+client_id = "fed-client"
+subjects_from = ["https://idp.test"]
+audiences = ["{API}"]
+scopes = ["read"]
+client_as_actor = true
+
+[[exchange_policies]]
+client_id = "fed-other"
+subjects_from = ["https://idp.test"]
+audiences = ["{API}"]
+scopes = ["read"]
+"#,
+        idp.jwks_json()
+    )))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn trusted_issuer_tokens_keep_their_subject_and_nest_their_act_under_the_client() {
+    let idp = TestKey::new();
+    let (app, clock) = federated_app(&idp);
+    let now = clock.now_s();
+    let foreign = |exp: u64, act: serde_json::Value| {
+        idp.sign(&json!({
+            "iss": "https://idp.test", "sub": "alice", "aud": ISSUER, "exp": exp, "iat": now,
+            "scope": "read write", "act": act,
+        }))
+    };
+    let fed = ("fed-client", "fed-client-secret-0123456789abcdef");
+    let good = foreign(now + 120, json!({"sub": "svc"}));
+    let r = exchange(
+        &app,
+        fed.0,
+        fed.1,
+        &[
+            ("subject_token", &good),
+            ("subject_token_type", JWT_TOKEN_TYPE),
+        ],
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let body = r.json();
+    assert_eq!(body["scope"], "read");
+    let data = verify_independently(
+        body["access_token"].as_str().unwrap(),
+        &jwks(&app).await,
+        ISSUER,
+        API,
+    );
+    assert_eq!(data.claims["sub"], "alice");
+    assert_eq!(
+        data.claims["act"],
+        json!({"sub": "fed-client", "act": {"sub": "svc"}})
+    );
+
+    // Expired; an act chain too deep; a client the trusted issuer does not list; an own token the policy excludes.
+    let expired = foreign(now - 600, json!({"sub": "svc"}));
+    let r = exchange(
+        &app,
+        fed.0,
+        fed.1,
+        &[
+            ("subject_token", &expired),
+            ("subject_token_type", JWT_TOKEN_TYPE),
+        ],
+    )
+    .await;
+    assert_eq!(r.oauth_error(), "invalid_grant");
+    let deep = foreign(
+        now + 120,
+        json!({"sub": "a", "act": {"sub": "b", "act": {"sub": "c", "act": {"sub": "d"}}}}),
+    );
+    let r = exchange(
+        &app,
+        fed.0,
+        fed.1,
+        &[
+            ("subject_token", &deep),
+            ("subject_token_type", JWT_TOKEN_TYPE),
+        ],
+    )
+    .await;
+    assert_eq!(r.oauth_error(), "invalid_grant");
+    let r = exchange(
+        &app,
+        "fed-other",
+        "fed-other-secret-0123456789abcdef",
+        &[
+            ("subject_token", &good),
+            ("subject_token_type", JWT_TOKEN_TYPE),
+        ],
+    )
+    .await;
+    assert_eq!(r.oauth_error(), "invalid_grant");
+    let own = bench_token(&app, "").await;
+    let r = exchange(
+        &app,
+        fed.0,
+        fed.1,
+        &[
+            ("subject_token", &own),
+            ("subject_token_type", ACCESS_TOKEN_TYPE),
+        ],
+    )
+    .await;
+    assert_eq!(r.oauth_error(), "invalid_grant");
+    // An actor token needs may_act.
+    let r = exchange(
+        &app,
+        fed.0,
+        fed.1,
+        &[
+            ("subject_token", &good),
+            ("subject_token_type", JWT_TOKEN_TYPE),
+            ("actor_token", &good),
+            ("actor_token_type", JWT_TOKEN_TYPE),
+        ],
+    )
+    .await;
+    assert_eq!(r.oauth_error(), "unauthorized_client");
+}
