@@ -568,3 +568,82 @@ impl Federation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::FileConfig;
+    use crate::secret::SecretHasher;
+
+    const BASE: &str = r#"
+[[clients]]
+client_id = "x"
+client_secret = "0123456789abcdefghijklmnop"
+grant_types = ["urn:ietf:params:oauth:grant-type:token-exchange"]
+scopes = ["read"]
+audience = "https://api.test"
+"#;
+
+    const JWK: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"ZvRjCSR4cKOa0_KiLyvh4bBUgXx0dOYW7oVEt5AMjGA","y":"p2v9EW83DwnQM1Eng0gQHwXIppVHat3C1xg3Zyl0e44"}]}"#;
+
+    fn err(extra: &str) -> String {
+        FileConfig::parse(&format!("{BASE}{extra}"), Path::new("t"))
+            .and_then(|f| f.resolve(SecretHasher::new(&[1; 32]), false))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn federation_errors_name_the_field() {
+        let trusted = |rest: &str| {
+            format!(
+                "[[trusted_issuers]]\nissuer = \"https://idp.test\"\njwks = '{JWK}'\nclients = [\"x\"]\n{rest}"
+            )
+        };
+        let e = err(&trusted("colour = 1"));
+        assert!(e.contains("colour"), "{e}");
+        let e = err(&trusted("algorithms = [\"HS256\"]"));
+        assert!(e.contains("trusted_issuers[0].algorithms[0]"), "{e}");
+        let e = err(&trusted("subject = \"rename\""));
+        assert!(e.contains("trusted_issuers[0].subject"), "{e}");
+        let e = err(&trusted("jwks_max_age_s = 1"));
+        assert!(e.contains("trusted_issuers[0].jwks_max_age_s"), "{e}");
+        let e = err(&trusted("").replace("[\"x\"]", "[\"nobody\"]"));
+        assert!(e.contains("trusted_issuers[0].clients[0]"), "{e}");
+        let e = err(&trusted("").replace(JWK, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#));
+        assert!(e.contains("trusted_issuers[0].jwks"), "{e}");
+        // Without inline keys a non-loopback issuer cannot be fetched.
+        let e = err("[[trusted_issuers]]\nissuer = \"http://idp.example\"\nclients = [\"x\"]\n");
+        assert!(
+            e.contains("trusted_issuers[0].jwks") && e.contains("loopback"),
+            "{e}"
+        );
+        let policy = |subjects: &str, scopes: &str| {
+            format!(
+                "[[exchange_policies]]\nclient_id = \"x\"\nsubjects_from = [{subjects}]\naudiences = [\"https://b.test\"]\n\
+                 scopes = [{scopes}]\n"
+            )
+        };
+        let ok = policy("\"self\"", "\"read\"");
+        let e = err(&format!(
+            "{}{}",
+            trusted(""),
+            policy("\"https://unknown.test\"", "\"read\"")
+        ));
+        assert!(e.contains("exchange_policies[0].subjects_from[0]"), "{e}");
+        let e = err(&policy("\"self\"", "\"admin\""));
+        assert!(e.contains("exchange_policies[0].scopes[0]"), "{e}");
+        let e = err(&format!("{ok}{ok}"));
+        assert!(e.contains("exchange_policies[1].client_id"), "{e}");
+        let e = err(&ok.replace("https://b.test", "no-such-name"));
+        assert!(e.contains("exchange_policies[0].audiences[0]"), "{e}");
+        // A client with keys for private_key_jwt must not also have a secret, and needs its keys.
+        let e = err(&format!("jwks = '{JWK}'\n"));
+        assert!(e.contains("clients[0].jwks"), "{e}");
+        let e = err("token_endpoint_auth_method = \"private_key_jwt\"\n");
+        assert!(e.contains("clients[0].jwks"), "{e}");
+        let e = err("token_endpoint_auth_method = \"tls_client_auth\"\n");
+        assert!(e.contains("clients[0].token_endpoint_auth_method"), "{e}");
+    }
+}

@@ -143,7 +143,7 @@ pub fn resolve_policies(
             let aud = names.get(a).cloned().unwrap_or_else(|| a.clone());
             if !is_resource_uri(&aud) {
                 return Err(invalid(
-                    format!("exchange_audiences[{i}].audiences[{j}]"),
+                    format!("exchange_policies[{i}].audiences[{j}]"),
                     format!("{a:?} is neither an absolute URI nor a name in exchange_audiences"),
                 ));
             }
