@@ -256,4 +256,48 @@ mod tests {
             assert!(parse_loopback_url(bad).is_err(), "{bad}");
         }
     }
+
+    /// A one-connection server on 127.0.0.1 that reads the request head and then answers `response` (or nothing,
+    /// holding the connection open, when `None`).
+    async fn serve_once(response: Option<Vec<u8>>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            match response {
+                Some(r) => {
+                    let _ = s.write_all(&r).await;
+                }
+                None => tokio::time::sleep(Duration::from_secs(30)).await,
+            }
+        });
+        format!("http://{addr}/doc")
+    }
+
+    fn answer(status: &str, body: &[u8]) -> Vec<u8> {
+        let mut r = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn fetches_are_bounded_in_size_time_and_status() {
+        let url = serve_once(Some(answer("200 OK", b"{\"keys\":[]}"))).await;
+        assert_eq!(&get(&url).await.unwrap()[..], b"{\"keys\":[]}");
+        let url = serve_once(Some(answer("200 OK", &vec![b' '; MAX_FETCH_BYTES + 1]))).await;
+        assert!(matches!(get(&url).await, Err(FetchError::TooLarge { .. })));
+        let url = serve_once(Some(answer("302 Found", b""))).await;
+        assert!(matches!(get(&url).await, Err(FetchError::Status { .. })));
+        let url = serve_once(None).await;
+        let started = std::time::Instant::now();
+        assert!(matches!(get(&url).await, Err(FetchError::Timeout { .. })));
+        assert!(started.elapsed() < FETCH_TIMEOUT + Duration::from_secs(2));
+    }
 }
