@@ -46,6 +46,7 @@ fn oidc(c: &mut Criterion) {
                 jti: jti.as_str(),
                 client_id: "bench-client",
                 scope: "read",
+                act: None,
             };
             black_box(
                 keys.current
@@ -70,6 +71,7 @@ fn oidc(c: &mut Criterion) {
                 jti: jti.as_str(),
                 client_id: "bench-client",
                 scope: "read",
+                act: None,
             },
         )
         .unwrap();
