@@ -469,6 +469,16 @@ pub fn required<'c>(
     }
 }
 
+/// Whose `jti`s: a client's assertions and a trusted issuer's are kept apart even if a client id equals an issuer
+/// identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespace<'a> {
+    /// `private_key_jwt` assertions of this client id.
+    Client(&'a str),
+    /// JWT bearer assertions of this issuer.
+    Issuer(&'a str),
+}
+
 /// Why [`ReplayCache::check_and_insert`] refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ReplayError {
@@ -524,13 +534,18 @@ impl ReplayCache {
     /// Records `(namespace, jti)` until `until_s`, refusing it if already recorded and still kept.
     pub fn check_and_insert(
         &self,
-        namespace: &str,
+        namespace: Namespace<'_>,
         jti: &str,
         until_s: u64,
         now_s: u64,
     ) -> Result<(), ReplayError> {
         let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(namespace.as_bytes());
+        let (tag, name) = match namespace {
+            Namespace::Client(c) => (b'c', c),
+            Namespace::Issuer(i) => (b'i', i),
+        };
+        ctx.update(&[tag]);
+        ctx.update(name.as_bytes());
         ctx.update(&[0]);
         ctx.update(jti.as_bytes());
         let d = ctx.finish();
@@ -594,23 +609,27 @@ mod tests {
     #[test]
     fn replay_cache_refuses_repeats_until_expiry_and_is_bounded() {
         let c = ReplayCache::new(2);
-        c.check_and_insert("a", "1", 100, 0).unwrap();
+        c.check_and_insert(Namespace::Client("a"), "1", 100, 0)
+            .unwrap();
         assert_eq!(
-            c.check_and_insert("a", "1", 100, 50),
+            c.check_and_insert(Namespace::Client("a"), "1", 100, 50),
             Err(ReplayError::Replayed)
         );
-        // Another namespace is another id.
-        c.check_and_insert("b", "1", 200, 0).unwrap();
+        // Another namespace (even with the same name) is another id.
+        c.check_and_insert(Namespace::Issuer("a"), "1", 200, 0)
+            .unwrap();
         assert_eq!(
-            c.check_and_insert("a", "2", 300, 50),
+            c.check_and_insert(Namespace::Client("a"), "2", 300, 50),
             Err(ReplayError::Full {
                 entries: 2,
                 retry_after_s: 50
             })
         );
         // At 100 the first has expired: reusable, and it makes room.
-        c.check_and_insert("a", "2", 300, 100).unwrap();
-        c.check_and_insert("a", "1", 300, 150).unwrap_err();
+        c.check_and_insert(Namespace::Client("a"), "2", 300, 100)
+            .unwrap();
+        c.check_and_insert(Namespace::Client("a"), "1", 300, 150)
+            .unwrap_err();
         assert_eq!(c.len(), 2);
     }
 

@@ -15,8 +15,8 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
 use crate::assertion::{
-    ASYMMETRIC_ALGS, AssertionError, KeySet, ReplayCache, ReplayError, TimeRules, check_audience,
-    check_times, parse, required,
+    ASYMMETRIC_ALGS, AssertionError, KeySet, Namespace, ReplayCache, ReplayError, TimeRules,
+    check_audience, check_times, parse, required,
 };
 use crate::client_auth::{AuthMethod, Authenticated, ClientRegistry};
 use crate::form::Form;
@@ -111,10 +111,12 @@ pub fn authenticate(
     .map_err(fail)?;
     check_audience(&parsed.claims, &[ctx.issuer, ctx.token_endpoint]).map_err(fail)?;
     let jti = required(&parsed.claims.jti, "jti").map_err(fail)?;
-    match ctx
-        .replay
-        .check_and_insert(id, jti, exp.saturating_add(ctx.leeway_s), ctx.now_s)
-    {
+    match ctx.replay.check_and_insert(
+        Namespace::Client(id),
+        jti,
+        exp.saturating_add(ctx.leeway_s),
+        ctx.now_s,
+    ) {
         Ok(()) => {}
         Err(ReplayError::Replayed) => return Err(fail("jti already used")),
         Err(e @ ReplayError::Full { retry_after_s, .. }) => {

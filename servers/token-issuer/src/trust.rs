@@ -433,16 +433,23 @@ impl TrustedIssuer {
         if !self.is_fetched() || self.keys().has_kid(kid) {
             return;
         }
-        {
+        let limited = {
             let mut last = self
                 .last_kid_refresh
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let interval = Duration::from_secs(self.cfg.min_refresh_interval_s);
-            if last.is_some_and(|t| t.elapsed() < interval) {
-                return;
+            let limited = last.is_some_and(|t| t.elapsed() < interval);
+            if !limited {
+                *last = Some(Instant::now());
             }
-            *last = Some(Instant::now());
+            limited
+        };
+        if limited {
+            // A refresh that started a moment ago (another request's) may still bring the key: wait for it to end,
+            // which takes at most two fetch timeouts, rather than refuse a token that is about to verify.
+            drop(self.fetching.lock().await);
+            return;
         }
         if let Err(e) = self.refresh().await {
             eprintln!(

@@ -9,7 +9,7 @@
 //! `invalid_grant` with the reason. The token's `sub` is the mapped subject (see [`crate::trust`]); `scope` and
 //! `aud` follow the client's rules exactly as for `client_credentials` (`scope`, `resource`).
 
-use crate::assertion::{ReplayError, parse, required};
+use crate::assertion::{Namespace, ReplayError, parse, required};
 use crate::grants::client_credentials::{audience, granted_scope};
 use crate::grants::{TokenRequest, TokenResponse};
 use crate::oauth::{ErrorCode, OAuthError};
@@ -58,10 +58,12 @@ pub fn issue(req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
     let scope = granted_scope(client, req.form.get("scope"))?;
     let aud = audience(client, req.form)?;
     // Recorded last, so an assertion refused for its scope or resource can be retried.
-    match fed
-        .replay
-        .check_and_insert(iss, jti, exp.saturating_add(leeway_s), req.now_s)
-    {
+    match fed.replay.check_and_insert(
+        Namespace::Issuer(iss),
+        jti,
+        exp.saturating_add(leeway_s),
+        req.now_s,
+    ) {
         Ok(()) => {}
         Err(ReplayError::Replayed) => return Err(invalid_grant("jti already used")),
         Err(e @ ReplayError::Full { retry_after_s, .. }) => {
