@@ -178,3 +178,60 @@ pub fn check_auth_method(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const X: &str = "ZvRjCSR4cKOa0_KiLyvh4bBUgXx0dOYW7oVEt5AMjGA";
+    const Y: &str = "p2v9EW83DwnQM1Eng0gQHwXIppVHat3C1xg3Zyl0e44";
+
+    #[test]
+    fn jwks_may_be_a_json_string_or_a_toml_table() {
+        let as_string = toml::Value::String(format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","x":"{X}","y":"{Y}","kid":"k1"}}]}}"#
+        ));
+        assert!(client_jwks(&as_string).unwrap().has_kid("k1"));
+        let table: toml::Value = toml::from_str(&format!(
+            "[[keys]]\nkty = \"EC\"\ncrv = \"P-256\"\nx = \"{X}\"\ny = \"{Y}\"\nkid = \"k2\"\nalg = \"ES256\"\n"
+        ))
+        .unwrap();
+        assert!(client_jwks(&table).unwrap().has_kid("k2"));
+        // An alg that does not fit the key, a key for encryption, a number: refused.
+        for bad in [
+            format!(
+                r#"{{"keys":[{{"kty":"EC","crv":"P-256","x":"{X}","y":"{Y}","alg":"EdDSA"}}]}}"#
+            ),
+            format!(r#"{{"keys":[{{"kty":"EC","crv":"P-256","x":"{X}","y":"{Y}","use":"enc"}}]}}"#),
+            r#"{"keys":[]}"#.to_string(),
+        ] {
+            assert!(
+                client_jwks(&toml::Value::String(bad.clone())).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(client_jwks(&toml::Value::Integer(1)).is_err());
+    }
+
+    #[test]
+    fn auth_method_follows_what_the_client_has() {
+        assert!(check_auth_method(None, true, false).is_ok());
+        assert!(check_auth_method(None, false, true).is_ok());
+        assert!(check_auth_method(Some("private_key_jwt"), false, true).is_ok());
+        assert_eq!(
+            check_auth_method(Some("private_key_jwt"), true, true)
+                .unwrap_err()
+                .0,
+            "jwks"
+        );
+        assert_eq!(check_auth_method(None, true, true).unwrap_err().0, "jwks");
+        assert_eq!(
+            check_auth_method(None, false, false).unwrap_err().0,
+            "client_secret"
+        );
+        assert_eq!(
+            check_auth_method(Some("none"), false, false).unwrap_err().0,
+            "token_endpoint_auth_method"
+        );
+    }
+}
