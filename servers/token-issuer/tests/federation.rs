@@ -410,3 +410,55 @@ fn the_example_configs_resolve_and_refuse_remote_fetches() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn org_b_refreshes_org_a_keys_in_the_background_every_max_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let org_a = start_org_a(&dir).await;
+    let a_addr = org_a.started.http_addr;
+    let a_iss = org_a.started.issuer.clone();
+    // The shortest background period, and unknown-kid refreshes effectively off once one has happened.
+    let mut args = org_b_args(&dir, &a_iss, "");
+    let path = args.config.take().unwrap();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("jwks_max_age_s = 60", "jwks_max_age_s = 10")
+        .replace(
+            "jwks_min_refresh_interval_s = 10",
+            "jwks_min_refresh_interval_s = 3600",
+        );
+    args.config = Some(write(&dir, "org-b-fast.toml", &text));
+    let org_b = start_server(args).await;
+    let b_addr = org_b.started.http_addr;
+
+    // Use up the unknown-kid refresh with a made-up kid.
+    let stranger = TestKey::new();
+    let bogus = stranger
+        .sign(&json!({"iss": a_iss, "sub": "x", "aud": ORG_B_AUD, "exp": 4_000_000_000u64}));
+    let r = exchange_at(b_addr, &subject(&bogus)).await;
+    assert_eq!(r.oauth_error(), "invalid_grant");
+
+    rotate(a_addr).await;
+    rotate(a_addr).await;
+    let token = org_a_token(a_addr, ORG_A_APP, &[("resource", ORG_B_AUD)]).await;
+    let r = exchange_at(b_addr, &subject(&token)).await;
+    assert_eq!(
+        r.oauth_error(),
+        "invalid_grant",
+        "not refreshed yet (rate-limited)"
+    );
+    // Within one period (10 s) plus slack the background task has fetched the new keys.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let r = exchange_at(b_addr, &subject(&token)).await;
+        if r.status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background refresh: {:?}",
+            r.body
+        );
+    }
+}
