@@ -47,6 +47,7 @@ fn oidc(c: &mut Criterion) {
                 client_id: "bench-client",
                 scope: "read",
                 grant_id: None,
+                act: None,
             };
             black_box(
                 keys.current
@@ -72,6 +73,7 @@ fn oidc(c: &mut Criterion) {
                 client_id: "bench-client",
                 scope: "read",
                 grant_id: None,
+                act: None,
             },
         )
         .unwrap();

@@ -35,9 +35,11 @@ use crate::grants::{self, Grant, TokenRequest};
 use crate::keys::{JwsType, KeyError, KeyRing, RingState};
 use crate::metrics::OidcMetrics;
 use crate::oauth::{ErrorCode, OAuthError, json_response, no_store};
+use crate::private_key_jwt;
 use crate::revoke::Revocations;
 use crate::secret::{AdminToken, SecretHasher};
-use crate::token::{AccessTokenClaims, AudRef, Jti};
+use crate::token::{AccessTokenClaims, Act, AudRef, Jti};
+use crate::trust::Federation;
 use crate::verify::{AccessClaims, Expected, VerifyError, verify_access_token};
 
 /// Largest form body at the token, introspection and revocation endpoints; larger ones get 413 with an
@@ -67,6 +69,7 @@ pub struct Issuer {
     admin_token: Option<AdminToken>,
     /// Users, sessions, codes and refresh tokens (the authorization code flow; see `authorize`).
     flows: UserFlows,
+    federation: Federation,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -107,6 +110,7 @@ pub fn app(
     let discovery_json =
         serde_json::to_vec(&discovery).map_err(|e| OidcError::Internal(e.to_string()))?;
     let flows = UserFlows::new(&cfg).map_err(|e| OidcError::Internal(e.to_string()))?;
+    let federation = Federation::new(cfg.federation.clone(), issuer);
     let metrics = OidcMetrics::new();
     metrics
         .published_keys
@@ -131,6 +135,7 @@ pub fn app(
             jwks_cache_control: cache_control(cfg.jwks_max_age_s)?,
             admin_token,
             flows,
+            federation,
         }),
     })
 }
@@ -176,9 +181,14 @@ impl Issuer {
         &self.revoked
     }
 
-    /// Clock leeway, seconds.
+    /// Clock skew tolerated in verification, seconds.
     pub fn leeway_s(&self) -> u64 {
         self.leeway_s
+    }
+
+    /// Trusted issuers, exchange policies, the assertion replay cache.
+    pub fn federation(&self) -> &Federation {
+        &self.federation
     }
 
     /// The verification expectations of this issuer (any audience).
@@ -199,6 +209,19 @@ impl Issuer {
         scope: &str,
         now_s: u64,
     ) -> Result<String, OAuthError> {
+        self.mint_access_token_with_act(sub, client, aud, scope, None, now_s)
+    }
+
+    /// [`Issuer::mint_access_token`] with an `act` claim (RFC 8693 §4.1; token exchange).
+    pub fn mint_access_token_with_act(
+        &self,
+        sub: &str,
+        client: &Client,
+        aud: AudRef<'_>,
+        scope: &str,
+        act: Option<&Act>,
+        now_s: u64,
+    ) -> Result<String, OAuthError> {
         let jti = Jti::random().map_err(server_error)?;
         let claims = AccessTokenClaims {
             iss: &self.issuer,
@@ -211,6 +234,7 @@ impl Issuer {
             client_id: &client.id,
             scope,
             grant_id: None,
+            act,
         };
         let keys = self.ring.snapshot(now_s);
         let started = Instant::now();
@@ -428,7 +452,23 @@ impl OidcApp {
         };
         let form = Form::parse(&body).map_err(|e| OAuthError::invalid_request(e.to_string()))?;
         let issuer = &*self.inner;
-        let auth = authenticate(&parts.headers, &form, &issuer.clients, &issuer.hasher)?;
+        let auth = if private_key_jwt::is_attempt(&form) {
+            let fed = &issuer.federation;
+            let ctx = private_key_jwt::Context {
+                issuer: &issuer.issuer,
+                token_endpoint: &fed.token_endpoint,
+                leeway_s: issuer.leeway_s,
+                now_s: issuer.clock.now_s(),
+                replay: &fed.replay,
+            };
+            private_key_jwt::authenticate(&parts.headers, &form, &issuer.clients, &ctx)?
+        } else {
+            authenticate(&parts.headers, &form, &issuer.clients, &issuer.hasher)?
+        };
+        if endpoint == FormEndpoint::Token {
+            // A trusted issuer's JWT with an unknown kid may need a JWKS refresh (bounded); a no-op for other grants.
+            issuer.federation.prepare(&form).await;
+        }
         let now_s = issuer.clock.now_s();
         if auth.method == AuthMethod::None && endpoint == FormEndpoint::Introspect {
             // RFC 7662 §2.1: the caller must be authorized to introspect; a public client holds no credential.
@@ -477,6 +517,8 @@ impl OidcApp {
             Grant::ClientCredentials => grants::client_credentials::issue(&req)?,
             Grant::AuthorizationCode => grants::authorization_code::issue(&req)?,
             Grant::RefreshToken => grants::refresh_token::issue(&req)?,
+            Grant::JwtBearer => grants::jwt_bearer::issue(&req)?,
+            Grant::TokenExchange => grants::token_exchange::issue(&req)?,
         };
         self.inner.metrics.grant(grant);
         let body = serde_json::to_vec(&response)

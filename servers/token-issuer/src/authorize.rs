@@ -900,6 +900,7 @@ mod tests {
             audience: "https://api".into(),
             resources: vec![],
             introspect_any: false,
+            jwks: None,
         }
     }
 

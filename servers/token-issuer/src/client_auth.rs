@@ -29,14 +29,17 @@ pub enum AuthMethod {
     /// authorization code (with PKCE) and refresh token grants and for revoking its own tokens, never for
     /// `client_credentials` or introspection.
     None,
+    /// A JWT signed with the client's registered key (RFC 7523 §2.2; see [`crate::private_key_jwt`]).
+    PrivateKeyJwt,
 }
 
 impl AuthMethod {
-    /// Every implemented method (`private_key_jwt`, RFC 7523, comes later).
-    pub const ALL: [AuthMethod; 3] = [
+    /// Every implemented method.
+    pub const ALL: [AuthMethod; 4] = [
         AuthMethod::ClientSecretBasic,
         AuthMethod::ClientSecretPost,
         AuthMethod::None,
+        AuthMethod::PrivateKeyJwt,
     ];
 
     /// The registered name.
@@ -45,6 +48,7 @@ impl AuthMethod {
             AuthMethod::ClientSecretBasic => "client_secret_basic",
             AuthMethod::ClientSecretPost => "client_secret_post",
             AuthMethod::None => "none",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
         }
     }
 }

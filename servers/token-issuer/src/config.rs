@@ -73,6 +73,39 @@ scopes = ["openid", "profile", "email", "read", "offline_access"]
 default_scopes = ["openid"]
 audience = "https://api.refbench.test"
 
+# Token exchange (RFC 8693) without any network: it exchanges this issuer's own tokens (e.g. bench-client's) for
+# tokens scoped to the reports API (see `exchange_policies` below). Federation with another issuer is opt-in through
+# a config file with `[[trusted_issuers]]`.
+[[clients]]
+client_id = "exchange-client"
+client_secret = "exchange-secret-0123456789abcdef"
+grant_types = ["urn:ietf:params:oauth:grant-type:token-exchange"]
+scopes = ["read", "write"]
+audience = "https://reports.refbench.test"
+resources = ["https://api.refbench.test"]
+
+# `private_key_jwt` (RFC 7523 §2.2): the public half of a P-256 key whose private half is the test fixture
+# `tests/fixtures/pkjwt-client.pkcs8.der` (published, like every secret here: loopback only).
+[[clients]]
+client_id = "pkjwt-client"
+token_endpoint_auth_method = "private_key_jwt"
+jwks = '{"keys":[{"kty":"EC","crv":"P-256","x":"ZvRjCSR4cKOa0_KiLyvh4bBUgXx0dOYW7oVEt5AMjGA","y":"p2v9EW83DwnQM1Eng0gQHwXIppVHat3C1xg3Zyl0e44","kid":"86UeO0-NOVpzv71rjJMDnDi0Z_xJoCKgoOSd9OqyCh0","alg":"ES256","use":"sig"}]}'
+grant_types = ["client_credentials"]
+scopes = ["read"]
+default_scopes = ["read"]
+audience = "https://api.refbench.test"
+
+# Who may exchange which tokens for what (see API.md, token exchange).
+[[exchange_policies]]
+client_id = "exchange-client"
+subjects_from = ["self"]
+audiences = ["https://reports.refbench.test", "https://api.refbench.test"]
+scopes = ["read", "write"]
+may_act = true
+
+[exchange_audiences]
+reports = "https://reports.refbench.test"
+
 # Test users for /login; their passwords are hashed with argon2id at start and the plaintext dropped.
 [[users]]
 username = "alice"
@@ -179,6 +212,14 @@ pub struct FileConfig {
     pub password_hashing: Option<crate::password::PasswordHashingFile>,
     /// `[authorization]`: limits of the authorization-code flow's stores (see [`crate::authorize`]).
     pub authorization: Option<crate::authorize::AuthorizationFile>,
+    /// Other issuers whose JWTs are accepted as JWT bearer assertions and token-exchange subjects (federation).
+    pub trusted_issuers: Option<Vec<crate::trust::FileTrustedIssuer>>,
+    /// Who may exchange which tokens for what (RFC 8693).
+    pub exchange_policies: Option<Vec<crate::grants::token_exchange::FilePolicy>>,
+    /// Logical names of the token-exchange `audience` parameter (RFC 8693 §2.1) and the `aud` each stands for.
+    pub exchange_audiences: Option<std::collections::BTreeMap<String, String>>,
+    /// Most assertion `jti`s remembered at once against replay (`private_key_jwt`, JWT bearer).
+    pub max_assertion_jtis: Option<usize>,
 }
 
 /// One client as written.
@@ -194,8 +235,9 @@ pub struct FileClient {
     pub client_secret_hmac: Option<String>,
     /// Grants the client may use; default `["client_credentials"]`.
     pub grant_types: Option<Vec<String>>,
-    /// `client_secret_basic`, `client_secret_post` or `none` (a public client: no secret, authorization code with
-    /// PKCE and refresh tokens only). Absent: both secret methods.
+    /// `client_secret_basic`, `client_secret_post`, `none` (a public client: no secret, authorization code with
+    /// PKCE and refresh tokens only) or `private_key_jwt` (with `jwks`, no secret). Absent: both secret methods with
+    /// a secret, `private_key_jwt` with `jwks`.
     pub token_endpoint_auth_method: Option<String>,
     /// Redirect URIs registered for the authorization code flow (compared as exact strings).
     #[serde(default)]
@@ -215,6 +257,8 @@ pub struct FileClient {
     /// only its own (RFC 7662 §4).
     #[serde(default)]
     pub introspect_any: bool,
+    /// The client's public keys for `private_key_jwt`: a JWK Set as a JSON string or a TOML table.
+    pub jwks: Option<toml::Value>,
 }
 
 /// One user as written.
@@ -259,6 +303,8 @@ pub struct Client {
     pub resources: Vec<String>,
     /// May introspect other clients' tokens.
     pub introspect_any: bool,
+    /// The public keys of a `private_key_jwt` client (then `secret` is `None`).
+    pub jwks: Option<Arc<crate::assertion::KeySet>>,
 }
 
 impl Client {
@@ -334,6 +380,8 @@ pub struct ResolvedConfig {
     pub password_params: crate::password::PasswordParams,
     /// Limits of the authorization-code flow.
     pub authorization: crate::authorize::AuthorizationLimits,
+    /// Trusted issuers, exchange policies and the replay bound.
+    pub federation: crate::trust::FederationConfig,
 }
 
 impl FileConfig {
@@ -442,6 +490,14 @@ impl FileConfig {
         let password_params = self.password_hashing.unwrap_or_default().resolve()?;
         let authorization = self.authorization.unwrap_or_default().resolve()?;
         let users = resolve_users(users, &password_params)?;
+        // A file without federation sections has none (never the embedded demo policy).
+        let federation = crate::trust::FederationConfig::resolve(
+            self.trusted_issuers.unwrap_or_default(),
+            self.exchange_policies.unwrap_or_default(),
+            self.exchange_audiences.unwrap_or_default(),
+            self.max_assertion_jtis,
+            &clients,
+        )?;
         Ok(ResolvedConfig {
             issuer,
             signing_alg,
@@ -455,6 +511,7 @@ impl FileConfig {
             hasher,
             password_params,
             authorization,
+            federation,
         })
     }
 }
@@ -496,7 +553,7 @@ pub fn validate_issuer(issuer: &str) -> Result<(), String> {
 }
 
 /// Whether every character is visible ASCII (RFC 6749 VSCHAR without space): client ids, usernames.
-fn visible_ascii(s: &str) -> bool {
+pub(crate) fn visible_ascii(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
@@ -562,7 +619,7 @@ fn resolve_clients(
                     .ok_or_else(|| {
                         invalid(
                             f("token_endpoint_auth_method"),
-                            format!("unknown method {m:?}: client_secret_basic, client_secret_post or none"),
+                            format!("unknown method {m:?}: client_secret_basic, client_secret_post, none or private_key_jwt"),
                         )
                     })?,
             ),
@@ -582,13 +639,7 @@ fn resolve_clients(
                     "give client_secret or client_secret_hmac, not both",
                 ));
             }
-            (None, None) => {
-                return Err(invalid(
-                    f("client_secret"),
-                    "one of client_secret or client_secret_hmac is required (the only client authentication \
-                     implemented is by secret)",
-                ));
-            }
+            (None, None) => None,
             (Some(s), None) => {
                 let n = s.chars().count();
                 if !(MIN_CLIENT_SECRET_CHARS..=MAX_CLIENT_SECRET_CHARS).contains(&n)
@@ -617,6 +668,18 @@ fn resolve_clients(
                 )
             }
         };
+        let jwks = match c.jwks {
+            None => None,
+            Some(v) => Some(Arc::new(
+                crate::private_key_jwt::client_jwks(&v).map_err(|r| invalid(f("jwks"), r))?,
+            )),
+        };
+        crate::private_key_jwt::check_auth_method(
+            c.token_endpoint_auth_method.as_deref(),
+            secret.is_some(),
+            jwks.is_some(),
+        )
+        .map_err(|(field, r)| invalid(f(field), r))?;
         let mut grants = GrantSet::default();
         let names = c
             .grant_types
@@ -707,6 +770,7 @@ fn resolve_clients(
             audience: c.audience,
             resources,
             introspect_any: c.introspect_any,
+            jwks,
         }));
     }
     Ok(out)
@@ -816,8 +880,11 @@ audience = "https://api.test"
         assert_eq!(c.signing_alg, SigningAlg::Es256);
         assert_eq!(c.lifetimes.access_s, 300);
         assert_eq!(c.rotate_every_s, None);
-        assert_eq!(c.clients.len(), 5);
-        assert!(c.clients[4].secret.is_none());
+        assert_eq!(c.clients.len(), 7);
+        assert!(
+            c.clients[4].secret.is_none() && c.clients[4].jwks.is_none(),
+            "native-app"
+        );
         assert!(c.clients[3].grants.contains(Grant::AuthorizationCode));
         assert!(
             c.users[1]
@@ -825,6 +892,12 @@ audience = "https://api.test"
                 .starts_with("$argon2id$v=19$m=19456,t=2,p=1$")
         );
         assert_eq!(c.clients[0].id, "bench-client");
+        assert!(
+            c.clients[6].jwks.is_some() && c.clients[6].secret.is_none(),
+            "pkjwt-client"
+        );
+        assert_eq!(c.federation.policies.len(), 1);
+        assert!(c.federation.trusted_issuers.is_empty());
         assert_eq!(c.clients[0].default_scope, "read");
         assert!(c.clients[0].allows_resource("https://api.refbench.test"));
         assert!(c.clients[0].grants.contains(Grant::ClientCredentials));
@@ -873,6 +946,10 @@ audience = "https://api.test"
         assert!(e.contains("clients[0].client_secret"), "{e}");
         let e = err(&format!(
             "{ONE_CLIENT}token_endpoint_auth_method = \"private_key_jwt\"\n"
+        ));
+        assert!(e.contains("clients[0].jwks"), "{e}");
+        let e = err(&format!(
+            "{ONE_CLIENT}token_endpoint_auth_method = \"mtls\"\n"
         ));
         assert!(e.contains("clients[0].token_endpoint_auth_method"), "{e}");
         let e = err(&format!(

@@ -62,6 +62,8 @@ pub struct Discovery {
     pub id_token_signing_alg_values_supported: Vec<&'static str>,
     /// The implemented client authentication methods.
     pub token_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// `alg`s accepted on `private_key_jwt` client assertions (RFC 8414 §2): the asymmetric ones.
+    pub token_endpoint_auth_signing_alg_values_supported: Vec<&'static str>,
     /// Same as the token endpoint.
     pub introspection_endpoint_auth_methods_supported: Vec<&'static str>,
     /// Same as the token endpoint.
@@ -104,6 +106,8 @@ impl Discovery {
             subject_types_supported: vec!["public"],
             id_token_signing_alg_values_supported: vec![alg.as_str()],
             token_endpoint_auth_methods_supported: methods.clone(),
+            token_endpoint_auth_signing_alg_values_supported:
+                crate::assertion::ASYMMETRIC_ALG_NAMES.to_vec(),
             // Public clients may not introspect.
             introspection_endpoint_auth_methods_supported: secret_methods,
             revocation_endpoint_auth_methods_supported: methods,

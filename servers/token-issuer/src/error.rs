@@ -70,6 +70,10 @@ pub enum OidcError {
         reason: String,
     },
 
+    /// A trusted issuer's discovery document or JWKS could not be fetched at start.
+    #[error(transparent)]
+    TrustedIssuer(#[from] crate::trust::TrustError),
+
     /// A document that always serializes did not (a bug).
     #[error("internal: {0}")]
     Internal(String),

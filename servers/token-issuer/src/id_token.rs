@@ -107,6 +107,7 @@ pub fn mint_user_tokens(
         client_id: &client.id,
         scope,
         grant_id,
+        act: None,
     };
     // One snapshot: the ID token is signed by the same key, so `at_hash` uses that key's algorithm.
     let keys = issuer.ring().snapshot(now_s);

@@ -14,6 +14,12 @@
 //! - [`password`]: argon2id user passwords, verified on the blocking pool with a bound in flight; [`store`]: the
 //!   bounded, expiring maps of the user flows; [`authorize`]: `/authorize`, the login form and `/login`, sessions and
 //!   codes; [`id_token`]: user access tokens and ID tokens (`at_hash`); [`userinfo`]: `/userinfo`.
+//! - [`assertion`]: verifying JWTs signed by others (asymmetric `alg` allow-list, JWK Sets, time and audience
+//!   rules) and the bounded `jti` replay cache; [`private_key_jwt`]: client authentication by signed assertion.
+//! - [`fetch`]: bounded loopback-only HTTP GETs; [`trust`]: trusted issuers (inline or fetched JWKS with refresh),
+//!   subject mapping, exchange policies (federation).
+//! - [`grants`]: the [`grants::Grant`] enum and one module per grant (`client_credentials`, `jwt_bearer`,
+//!   `token_exchange`).
 //! - [`revoke`]: the bounded revocation set; [`discovery`]: the discovery document; [`metrics`].
 //! - [`app`]: the HTTP service ([`app()`] builds it, [`OidcApp::handle`] answers without a socket);
 //!   [`server`]: flags, start-up and serving ([`run`], [`start`]).
@@ -43,12 +49,14 @@
 //! ([`config::User`], checked at `/login`) are the low-entropy case and are hashed with argon2id ([`password`]).
 
 pub mod app;
+pub mod assertion;
 pub mod authorize;
 pub mod client_auth;
 pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod fetch;
 pub mod form;
 pub mod grants;
 pub mod id_token;
@@ -56,11 +64,13 @@ pub mod keys;
 pub mod metrics;
 pub mod oauth;
 pub mod password;
+pub mod private_key_jwt;
 pub mod revoke;
 pub mod secret;
 pub mod server;
 pub mod store;
 pub mod token;
+pub mod trust;
 pub mod userinfo;
 pub mod verify;
 

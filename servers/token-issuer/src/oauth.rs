@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, PRAGMA, WWW_AUTHENTICATE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
@@ -92,6 +92,8 @@ pub struct OAuthError {
     pub status: StatusCode,
     /// `WWW-Authenticate` to send (with a 401).
     pub challenge: Option<&'static str>,
+    /// `Retry-After` seconds to send (with a 503 `temporarily_unavailable`).
+    pub retry_after_s: Option<u64>,
 }
 
 impl OAuthError {
@@ -102,6 +104,7 @@ impl OAuthError {
             description: description.into(),
             status: StatusCode::BAD_REQUEST,
             challenge: None,
+            retry_after_s: None,
         }
     }
 
@@ -136,6 +139,17 @@ impl OAuthError {
         self
     }
 
+    /// A 503 `temporarily_unavailable` with `Retry-After: retry_after_s` (a bounded store is full).
+    pub fn unavailable(
+        description: impl Into<Cow<'static, str>>,
+        retry_after_s: u64,
+    ) -> OAuthError {
+        let mut e = OAuthError::new(ErrorCode::TemporarilyUnavailable, description)
+            .with_status(StatusCode::SERVICE_UNAVAILABLE);
+        e.retry_after_s = Some(retry_after_s.max(1));
+        e
+    }
+
     /// The response: JSON `{"error", "error_description"}` with `Cache-Control: no-store` and `Pragma: no-cache`.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         let body = serde_json::json!({
@@ -147,6 +161,9 @@ impl OAuthError {
         if let Some(c) = self.challenge {
             r.headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        }
+        if let Some(s) = self.retry_after_s {
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
         }
         r
     }

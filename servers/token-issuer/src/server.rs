@@ -226,6 +226,7 @@ pub struct Started {
     http: JoinHandle<Result<(), refbench_common::CommonError>>,
     admin: JoinHandle<Result<(), refbench_common::CommonError>>,
     rotator: Option<JoinHandle<()>>,
+    refreshers: Vec<JoinHandle<()>>,
 }
 
 impl Started {
@@ -253,6 +254,12 @@ impl Started {
             }),
             None => Ok(()),
         };
+        for r in self.refreshers {
+            r.await.map_err(|e| OidcError::Task {
+                task: "jwks refresh",
+                reason: e.to_string(),
+            })?;
+        }
         http.and(admin).and(rotator)
     }
 }
@@ -312,6 +319,16 @@ pub async fn start(plan: &ServePlan, shutdown: Shutdown) -> Result<Started, Oidc
         Clock::System,
         plan.admin_token.clone(),
     )?;
+    // Trusted issuers' keys before serving (and so before REFBENCH_READY): a token of theirs must verify at once.
+    oidc.issuer().federation().fetch_at_start().await?;
+    let refreshers = oidc
+        .issuer()
+        .federation()
+        .issuers()
+        .iter()
+        .filter(|t| t.is_fetched())
+        .map(|t| tokio::spawn(std::sync::Arc::clone(t).keep_fresh(shutdown.clone())))
+        .collect();
     let http = tokio::spawn(serve_h1(
         http,
         oidc.clone(),
@@ -331,6 +348,7 @@ pub async fn start(plan: &ServePlan, shutdown: Shutdown) -> Result<Started, Oidc
         http,
         admin,
         rotator,
+        refreshers,
     })
 }
 
@@ -365,7 +383,7 @@ mod tests {
     #[test]
     fn defaults_resolve() {
         let plan = ServeArgs::default().resolve().unwrap();
-        assert_eq!(plan.config.clients.len(), 5);
+        assert_eq!(plan.config.clients.len(), 7);
         assert!(plan.admin_token.is_none());
         assert_eq!(plan.http.max_body_bytes, MAX_TRANSPORT_BODY_BYTES);
     }

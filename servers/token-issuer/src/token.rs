@@ -4,7 +4,7 @@
 use aws_lc_rs::rand;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::keys::KeyError;
 
@@ -79,6 +79,31 @@ pub struct AccessTokenClaims<'a> {
     /// with one lookup, however many times it was refreshed. Absent (and costless) for other grants.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<&'a str>,
+    /// Who acts for the subject (RFC 8693 §4.1), set only by token exchange. `None` is skipped, so tokens of the
+    /// other grants serialize exactly as before (one `is_none` test, no allocation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub act: Option<&'a Act>,
+}
+
+/// Most nested `act` claims kept (the current actor plus prior ones); a deeper chain is refused.
+pub const MAX_ACT_DEPTH: usize = 4;
+
+/// The `act` (actor) claim of RFC 8693 §4.1: the party acting for the subject, with the prior actor nested inside.
+/// Only `sub` and the nested `act` are kept; other members of a foreign `act` are dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Act {
+    /// The acting party.
+    pub sub: String,
+    /// The actor before this one, if the subject token was itself delegated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Act>>,
+}
+
+impl Act {
+    /// How many actors the chain holds (1 for a single actor).
+    pub fn depth(&self) -> usize {
+        1 + self.act.as_ref().map_or(0, |a| a.depth())
+    }
 }
 
 #[cfg(test)]

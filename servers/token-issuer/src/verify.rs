@@ -79,6 +79,9 @@ pub struct AccessClaims {
     /// The refresh-token grant the token was issued in (see `token::AccessTokenClaims::grant_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<String>,
+    /// The actor (RFC 8693 §4.1) of a token made by token exchange; shown by introspection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<crate::token::Act>,
 }
 
 /// Why a token was refused.

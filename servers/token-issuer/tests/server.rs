@@ -38,16 +38,37 @@ async fn discovery_points_at_the_real_server() {
     assert_eq!(d["revocation_endpoint"], format!("{base}/revoke").as_str());
     assert_eq!(
         d["grant_types_supported"],
-        serde_json::json!(["client_credentials", "authorization_code", "refresh_token"])
+        serde_json::json!([
+            "client_credentials",
+            "authorization_code",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            "urn:ietf:params:oauth:grant-type:token-exchange"
+        ])
     );
     assert_eq!(
         d["token_endpoint_auth_methods_supported"],
-        serde_json::json!(["client_secret_basic", "client_secret_post", "none"])
+        serde_json::json!([
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+            "private_key_jwt"
+        ])
+    );
+    assert_eq!(
+        d["token_endpoint_auth_signing_alg_values_supported"],
+        serde_json::json!([
+            "ES256", "ES384", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"
+        ])
     );
     // Public clients may not introspect.
     assert_eq!(
         d["introspection_endpoint_auth_methods_supported"],
-        serde_json::json!(["client_secret_basic", "client_secret_post"])
+        serde_json::json!([
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt"
+        ])
     );
     assert_eq!(
         d["id_token_signing_alg_values_supported"],

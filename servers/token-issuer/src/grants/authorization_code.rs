@@ -166,6 +166,7 @@ pub fn issue(req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
         scope: Some(grant.scope),
         refresh_token,
         id_token: tokens.id_token,
+        issued_token_type: None,
     })
 }
 

@@ -29,6 +29,7 @@ pub fn issue(req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
         scope: Some(scope.into_owned()),
         refresh_token: None,
         id_token: None,
+        issued_token_type: None,
     })
 }
 
@@ -131,6 +132,7 @@ mod tests {
             audience: "https://api".into(),
             resources: vec!["https://api".into(), "https://other".into()],
             introspect_any: false,
+            jwks: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! OAuth 2.0 grants: the [`Grant`] enum and one module per grant.
 //!
-//! Adding a grant (authorization code with PKCE, refresh token, token exchange RFC 8693, JWT bearer RFC 7523):
+//! Adding a grant (authorization code with PKCE, refresh token):
 //! 1. a variant in [`Grant`] with its `grant_type` value in [`Grant::as_str`] and [`Grant::ALL`] (discovery's
 //!    `grant_types_supported` and the config's `grant_types` follow from these);
 //! 2. a module here with an `issue(&TokenRequest) -> Result<TokenResponse, OAuthError>` like
@@ -9,7 +9,9 @@
 
 pub mod authorization_code;
 pub mod client_credentials;
+pub mod jwt_bearer;
 pub mod refresh_token;
+pub mod token_exchange;
 
 use std::sync::Arc;
 
@@ -28,14 +30,20 @@ pub enum Grant {
     AuthorizationCode,
     /// `refresh_token` (RFC 6749 §6): a rotated refresh token for new tokens of the same grant.
     RefreshToken,
+    /// JWT bearer (RFC 7523 §2.1): a trusted issuer's JWT about a subject becomes a token here.
+    JwtBearer,
+    /// Token exchange (RFC 8693): a subject token becomes a token for another audience.
+    TokenExchange,
 }
 
 impl Grant {
     /// Every implemented grant, in the order discovery lists them.
-    pub const ALL: [Grant; 3] = [
+    pub const ALL: [Grant; 5] = [
         Grant::ClientCredentials,
         Grant::AuthorizationCode,
         Grant::RefreshToken,
+        Grant::JwtBearer,
+        Grant::TokenExchange,
     ];
 
     /// The `grant_type` value.
@@ -44,6 +52,8 @@ impl Grant {
             Grant::ClientCredentials => "client_credentials",
             Grant::AuthorizationCode => "authorization_code",
             Grant::RefreshToken => "refresh_token",
+            Grant::JwtBearer => jwt_bearer::GRANT_TYPE,
+            Grant::TokenExchange => token_exchange::GRANT_TYPE,
         }
     }
 
@@ -103,4 +113,7 @@ pub struct TokenResponse {
     /// An OpenID Connect ID token (only for grants that authenticate a user).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
+    /// The type of the issued token (token exchange only, RFC 8693 §2.2.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
 }

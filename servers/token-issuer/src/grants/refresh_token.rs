@@ -370,6 +370,7 @@ pub fn issue(req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
         scope: Some(scope),
         refresh_token: Some(refresh_token),
         id_token: tokens.id_token,
+        issued_token_type: None,
     })
 }
 
