@@ -10,7 +10,8 @@
 //! - [`form`], [`client_auth`], [`oauth`]: strict form bodies, `client_secret_basic` / `client_secret_post`, and
 //!   RFC 6749 §5.2 error answers.
 //! - [`grants`]: the [`grants::Grant`] enum and one module per grant: `client_credentials`, `authorization_code`
-//!   (PKCE `S256`), `refresh_token` (rotation, reuse detection revoking the family).
+//!   (PKCE `S256`), `refresh_token` (rotation, reuse detection revoking the family), `jwt_bearer` (RFC 7523) and
+//!   `token_exchange` (RFC 8693, `act`, policies).
 //! - [`password`]: argon2id user passwords, verified on the blocking pool with a bound in flight; [`store`]: the
 //!   bounded, expiring maps of the user flows; [`authorize`]: `/authorize`, the login form and `/login`, sessions and
 //!   codes; [`id_token`]: user access tokens and ID tokens (`at_hash`); [`userinfo`]: `/userinfo`.
@@ -18,8 +19,6 @@
 //!   rules) and the bounded `jti` replay cache; [`private_key_jwt`]: client authentication by signed assertion.
 //! - [`fetch`]: bounded loopback-only HTTP GETs; [`trust`]: trusted issuers (inline or fetched JWKS with refresh),
 //!   subject mapping, exchange policies (federation).
-//! - [`grants`]: the [`grants::Grant`] enum and one module per grant (`client_credentials`, `jwt_bearer`,
-//!   `token_exchange`).
 //! - [`revoke`]: the bounded revocation set; [`discovery`]: the discovery document; [`metrics`].
 //! - [`app`]: the HTTP service ([`app()`] builds it, [`OidcApp::handle`] answers without a socket);
 //!   [`server`]: flags, start-up and serving ([`run`], [`start`]).

@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the issuer; prints `REFBENCH_READY {json}` once listening, stops on SIGTERM/SIGINT.
-    Serve(refbench_oidc::ServeArgs),
+    Serve(Box<refbench_oidc::ServeArgs>),
     /// Read a client secret from the first line of stdin and print HMAC-SHA256(pepper, secret) in unpadded
     /// base64url: the `client_secret_hmac` value for a config served with the same `--secret-pepper-file`.
     HashSecret {
@@ -51,7 +51,7 @@ fn hash_secret(pepper_file: &PathBuf) -> anyhow::Result<String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => refbench_oidc::run(args).context("token-issuer serve"),
+        Command::Serve(args) => refbench_oidc::run(*args).context("token-issuer serve"),
         Command::HashSecret { secret_pepper_file } => {
             hash_secret(&secret_pepper_file).map(|h| println!("{h}"))
         }

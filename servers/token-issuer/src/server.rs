@@ -72,6 +72,12 @@ pub struct ServeArgs {
     /// Concurrent connections served; more wait in the kernel backlog.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_connections: usize,
+
+    /// `ALIAS=URL`: the config's trusted issuer with that `alias` is at URL (its exact `iss`), whatever the file
+    /// says. For issuers started on ephemeral ports, e.g. by `loadgen run` (`{url:org-a}` in a target's args).
+    /// Repeatable.
+    #[arg(long, value_name = "ALIAS=URL")]
+    pub trusted_issuer: Vec<String>,
 }
 
 impl Default for ServeArgs {
@@ -168,6 +174,24 @@ impl ServeArgs {
         }
         if self.rotate_every_s.is_some() {
             file.rotate_every_s = self.rotate_every_s;
+        }
+        for o in &self.trusted_issuer {
+            let bad = |r: String| OidcError::invalid("--trusted-issuer", r);
+            let (alias, url) = o
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{o:?}: give ALIAS=URL")))?;
+            validate_issuer(url).map_err(|r| bad(format!("{o:?}: {r}")))?;
+            let t = file
+                .trusted_issuers
+                .iter_mut()
+                .flatten()
+                .find(|t| t.alias.as_deref() == Some(alias))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "the config has no trusted issuer with alias {alias:?}"
+                    ))
+                })?;
+            t.issuer = url.to_string();
         }
         let config = file.resolve(hasher, pepper_given).map_err(|e| match e {
             // A value the flag set is the flag's fault.
@@ -414,6 +438,15 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(e.to_string().starts_with("--issuer"), "{e}");
+        for bad in ["org-a", "nobody=http://127.0.0.1:9", "org-a=ftp://x"] {
+            let e = ServeArgs {
+                trusted_issuer: vec![bad.into()],
+                ..ServeArgs::default()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(e.to_string().starts_with("--trusted-issuer"), "{bad}: {e}");
+        }
         let e = ServeArgs {
             admin_token_file: Some("/nonexistent/token".into()),
             ..ServeArgs::default()

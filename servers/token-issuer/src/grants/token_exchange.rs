@@ -123,8 +123,9 @@ pub fn resolve_policies(
         for (j, s) in p.subjects_from.iter().enumerate() {
             if s == SELF {
                 from_self = true;
-            } else if trusted.iter().any(|t| &t.issuer == s) {
-                from_issuers.push(s.clone());
+            } else if let Some(t) = trusted.iter().find(|t| &t.issuer == s || &t.alias == s) {
+                // By identifier or by alias (an alias survives `--trusted-issuer ALIAS=URL` moving the issuer).
+                from_issuers.push(t.issuer.clone());
             } else {
                 return Err(invalid(
                     format!("exchange_policies[{i}].subjects_from[{j}]"),
