@@ -173,7 +173,7 @@ impl Default for AuthorizationLimits {
             pending_lifetime_s: 600,
             session_lifetime_s: 3600,
             max_pending_requests: 10_000,
-            max_codes: 10_000,
+            max_codes: 300_000,
             max_sessions: 100_000,
             max_refresh_tokens: 1_000_000,
             max_failed_logins: 5,
