@@ -4,12 +4,13 @@ use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -38,6 +39,9 @@ pub struct FloorConfig {
     pub delay: Option<DelayModel>,
     /// Periodic stall windows; `None` for the lean floor path.
     pub stall: Option<StallModel>,
+    /// Record every delayed or stalled response's realized hold (arrival to release, as the server's clock saw
+    /// it) in a histogram, readable with [`FloorApp::holds`]. Ignored on the lean path, which holds nothing.
+    pub record_holds: bool,
 }
 
 impl Default for FloorConfig {
@@ -46,6 +50,7 @@ impl Default for FloorConfig {
             body_bytes: 2,
             delay: None,
             stall: None,
+            record_holds: false,
         }
     }
 }
@@ -58,9 +63,12 @@ pub fn app(config: FloorConfig) -> FloorApp {
         2 => Bytes::from_static(b"ok"),
         n => Bytes::from(vec![b'x'; n.min(MAX_BODY_BYTES)]),
     };
+    let holds = (config.record_holds && (config.delay.is_some() || config.stall.is_some()))
+        .then(|| Mutex::new(new_holds_histogram()));
     FloorApp {
         inner: Arc::new(Inner {
             body,
+            holds,
             delay: config.delay,
             stall: config.stall.filter(|s| s.hold_ms > 0),
             start: Instant::now(),
@@ -68,6 +76,8 @@ pub fn app(config: FloorConfig) -> FloorApp {
             requests: metrics::counter!("floor_requests_total"),
             delayed: metrics::counter!("floor_delayed_requests_total"),
             stalled: metrics::counter!("floor_stalled_requests_total"),
+            late_250us: metrics::counter!("floor_release_late_over_250us_total"),
+            late_1ms: metrics::counter!("floor_release_late_over_1ms_total"),
         }),
         max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
         pacer: None,
@@ -99,6 +109,25 @@ struct Inner {
     requests: metrics::Counter,
     delayed: metrics::Counter,
     stalled: metrics::Counter,
+    /// Responses released more than 250 µs / 1 ms after their intended release instant. The wake-up of a timer
+    /// is the server's own hiccup meter: a response released late was delayed by this host (a descheduled
+    /// thread, a frozen VM), not by the model, so a check of the instrument can tell a disturbed run apart.
+    late_250us: metrics::Counter,
+    late_1ms: metrics::Counter,
+    /// Realized holds in µs, when asked for. A lock per delayed response is cheap next to the timer wait, and
+    /// the lean path never gets here.
+    holds: Option<Mutex<Histogram<u64>>>,
+}
+
+/// Lowest and highest recorded hold (1 µs to 60 s) and the precision (3 significant digits): the bounds of
+/// loadgen's latency histograms, so the two compare bucket for bucket.
+pub const HOLDS_LOWEST_US: u64 = 1;
+/// See [`HOLDS_LOWEST_US`].
+pub const HOLDS_HIGHEST_US: u64 = 60_000_000;
+
+fn new_holds_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(HOLDS_LOWEST_US, HOLDS_HIGHEST_US, 3)
+        .expect("static bounds are valid")
 }
 
 impl FloorApp {
@@ -129,6 +158,15 @@ impl FloorApp {
     /// delayed request. Requests `0..k` got `delay.delay_for(0..k)`.
     pub fn delays_issued(&self) -> u64 {
         self.inner.next_k.load(Ordering::Relaxed)
+    }
+
+    /// A copy of the realized holds so far, when [`FloorConfig::record_holds`] was set on a delayed or stalling
+    /// floor: the distribution the server actually injected, timer lateness included.
+    pub fn holds(&self) -> Option<Histogram<u64>> {
+        self.inner
+            .holds
+            .as_ref()
+            .map(|h| h.lock().unwrap_or_else(PoisonError::into_inner).clone())
     }
 
     /// Whether requests bypass the timer entirely.
@@ -163,6 +201,20 @@ impl FloorApp {
             match &self.pacer {
                 Some(p) => p.sleep_until(release).await,
                 None => sleep_until_precise(release).await,
+            }
+            let now = Instant::now();
+            let late = now.saturating_duration_since(release);
+            if late > Duration::from_micros(250) {
+                inner.late_250us.increment(1);
+                if late > Duration::from_millis(1) {
+                    inner.late_1ms.increment(1);
+                }
+            }
+            if let Some(h) = &inner.holds {
+                let us = (now.saturating_duration_since(arrival).as_micros() as u64)
+                    .clamp(HOLDS_LOWEST_US, HOLDS_HIGHEST_US);
+                // Cannot fail: the value is clamped into the histogram's bounds.
+                let _ = h.lock().unwrap_or_else(PoisonError::into_inner).record(us);
             }
         }
         self.ok_response()

@@ -35,6 +35,15 @@ pub enum FloorError {
         source: std::io::Error,
     },
 
+    /// The realized holds could not be written to `--holds-out`.
+    #[error("cannot write the realized holds to {path}: {reason}")]
+    HoldsOut {
+        /// The `--holds-out` path.
+        path: std::path::PathBuf,
+        /// The serialization or I/O error.
+        reason: String,
+    },
+
     /// A serving task panicked or was cancelled.
     #[error("{task} task failed: {reason}")]
     Task {

@@ -24,7 +24,9 @@ mod model;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
+use hdrhistogram::Histogram;
 use refbench_common::admin::{metrics_handle, serve_admin};
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
@@ -98,6 +100,12 @@ pub struct ServeArgs {
     /// Largest request body read (and discarded); larger ones get 413.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_REQUEST_BODY_BYTES)]
     pub max_request_body_bytes: usize,
+
+    /// After shutdown, write every delayed or stalled response's realized hold (arrival to release, µs) to this
+    /// file as an HdrHistogram (V2, base64, 1 µs to 60 s at 3 digits: loadgen's format). This is the delay the
+    /// server actually injected, timer lateness included, to check a load generator against.
+    #[arg(long, value_name = "PATH")]
+    pub holds_out: Option<PathBuf>,
 }
 
 impl Default for ServeArgs {
@@ -129,6 +137,8 @@ pub struct ServePlan {
     pub cpus: Vec<usize>,
     /// Limits for the HTTP listener.
     pub limits: Limits,
+    /// Where to write the realized holds after shutdown, if anywhere.
+    pub holds_out: Option<PathBuf>,
 }
 
 impl Default for ServePlan {
@@ -200,6 +210,12 @@ impl ServeArgs {
                 ),
             ));
         }
+        if self.holds_out.is_some() && delay.is_none() && stall.is_none() {
+            return Err(FloorError::invalid(
+                "--holds-out",
+                "needs a delay (--delay-fixed-us / --delay-exp-mean-us) or a stall: the lean floor holds nothing",
+            ));
+        }
         let limits = Limits {
             max_connections: self.max_connections,
             max_body_bytes: self.max_request_body_bytes,
@@ -210,6 +226,7 @@ impl ServeArgs {
                 body_bytes: self.body_bytes,
                 delay,
                 stall,
+                record_holds: self.holds_out.is_some(),
             },
             ServePlan {
                 bind: self.bind,
@@ -217,6 +234,7 @@ impl ServeArgs {
                 threads: self.threads,
                 cpus,
                 limits,
+                holds_out: self.holds_out.clone(),
             },
         ))
     }
@@ -231,9 +249,15 @@ pub struct Started {
     pub admin_addr: SocketAddr,
     http: JoinHandle<Result<(), refbench_common::CommonError>>,
     admin: JoinHandle<Result<(), refbench_common::CommonError>>,
+    app: FloorApp,
 }
 
 impl Started {
+    /// The serving app (a cheap handle): its [`FloorApp::holds`] are live.
+    pub fn app(&self) -> &FloorApp {
+        &self.app
+    }
+
     /// The readiness announcement for this server.
     pub fn ready(&self) -> Ready {
         let mut listeners = BTreeMap::new();
@@ -296,7 +320,7 @@ pub async fn start(
     }
     let http = tokio::spawn(serve_http(
         http,
-        floor,
+        floor.clone(),
         plan.limits.clone(),
         shutdown.clone(),
     ));
@@ -306,6 +330,7 @@ pub async fn start(
         admin_addr,
         http,
         admin,
+        app: floor,
     })
 }
 
@@ -324,8 +349,35 @@ pub fn run(args: ServeArgs) -> Result<(), FloorError> {
         shutdown::trigger_on_signals(trigger)?;
         let started = start(config, &plan, shutdown).await?;
         announce(&started.ready());
-        started.join().await
+        let app = started.app().clone();
+        started.join().await?;
+        // After the drain, so every answered request is in it.
+        match (&plan.holds_out, app.holds()) {
+            (Some(path), Some(holds)) => write_holds(path, &holds),
+            _ => Ok(()),
+        }
     });
     runtime.shutdown_timeout(refbench_common::runtime::SHUTDOWN_TIMEOUT);
     result
+}
+
+/// Writes `holds` as V2 + base64 to `path`, atomically (a temporary file beside it, then a rename), so a reader
+/// never sees half a histogram.
+pub fn write_holds(path: &Path, holds: &Histogram<u64>) -> Result<(), FloorError> {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::{Serializer, V2Serializer};
+    let fail = |reason: String| FloorError::HoldsOut {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut buf = Vec::with_capacity(1024);
+    V2Serializer::new()
+        .serialize(holds, &mut buf)
+        .map_err(|e| fail(format!("serialize: {e:?}")))?;
+    let text = base64::engine::general_purpose::STANDARD.encode(buf) + "\n";
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text).map_err(|e| fail(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))
 }

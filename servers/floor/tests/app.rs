@@ -127,6 +127,45 @@ async fn concurrent_requests_get_exactly_the_first_n_delays() {
     }
 }
 
+/// With `record_holds`, every delayed response's realized hold is in `holds()`, each at least its injected delay;
+/// without it (or on the lean path) there is nothing to read.
+#[tokio::test(flavor = "current_thread")]
+async fn realized_holds_are_recorded_when_asked() {
+    let model = DelayModel {
+        fixed_us: 500,
+        exp_mean_us: 1_000,
+        seed: 3,
+    };
+    let a = app(FloorConfig {
+        delay: Some(model),
+        record_holds: true,
+        ..FloorConfig::default()
+    });
+    for _ in 0..20 {
+        a.handle(get()).await;
+    }
+    let h = a.holds().expect("asked for");
+    assert_eq!(h.len(), 20);
+    let least = (0..20).map(|k| model.delay_for(k)).min().unwrap();
+    assert!(
+        h.min() as u128 >= least.as_micros() * 999 / 1000,
+        "{} < {least:?}",
+        h.min()
+    );
+
+    let unasked = app(FloorConfig {
+        delay: Some(model),
+        ..FloorConfig::default()
+    });
+    unasked.handle(get()).await;
+    assert!(unasked.holds().is_none());
+    let lean = app(FloorConfig {
+        record_holds: true,
+        ..FloorConfig::default()
+    });
+    assert!(lean.holds().is_none(), "the lean floor holds nothing");
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn stall_window_holds_responses_until_it_ends() {
     let a = app(FloorConfig {

@@ -187,6 +187,78 @@ async fn delay_mode_binary_on_two_threads() {
     floor.terminate().await;
 }
 
+/// A frozen server (SIGSTOP for 100 ms while a 20 ms delay is pending) releases its response late, and counts it:
+/// these counters are how a check of the instrument tells a run the host disturbed from a wrong instrument.
+#[tokio::test(flavor = "current_thread")]
+async fn late_release_is_counted_when_the_server_is_frozen() {
+    let floor = spawn_floor(&["--delay-fixed-us", "20000"]).await;
+    let mut c = h1(floor.addr("http")).await;
+    // On time first: a 20 ms timer is not released 1 ms late on an unfrozen server.
+    let r = c.send_request(get("/")).await.unwrap();
+    assert_eq!(body(r).await, "ok");
+    let (_, text) = fetch(floor.addr("admin"), "/metrics").await;
+    let on_time_late = metric(&text, "floor_release_late_over_1ms_total").unwrap_or(0.0);
+
+    let pid = floor.child.id().expect("still running") as libc::pid_t;
+    let in_flight = tokio::spawn(async move {
+        let r = c.send_request(get("/")).await.unwrap();
+        body(r).await
+    });
+    // Let the request arrive and its 20 ms timer start, then freeze the whole process past the release instant.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // SAFETY: kill() only sends a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert_eq!(in_flight.await.unwrap(), "ok");
+
+    let (_, text) = fetch(floor.addr("admin"), "/metrics").await;
+    assert_eq!(
+        metric(&text, "floor_release_late_over_1ms_total"),
+        Some(on_time_late + 1.0),
+        "{text}"
+    );
+    assert!(metric(&text, "floor_release_late_over_250us_total").unwrap_or(0.0) >= 1.0);
+    floor.terminate().await;
+}
+
+/// `--holds-out` writes, after the drain, the realized hold of every delayed response: loadgen's histogram format,
+/// one sample per request, none below the injected delay.
+#[tokio::test(flavor = "current_thread")]
+async fn holds_out_writes_the_realized_holds_after_shutdown() {
+    let dir = std::env::temp_dir().join(format!("floor-holds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("holds.hdr");
+    let floor = spawn_floor(&[
+        "--delay-fixed-us",
+        "3000",
+        "--holds-out",
+        path.to_str().unwrap(),
+    ])
+    .await;
+    let mut c = h1(floor.addr("http")).await;
+    for _ in 0..5 {
+        let r = c.send_request(get("/")).await.unwrap();
+        assert_eq!(body(r).await, "ok");
+    }
+    assert!(!path.exists(), "written only after shutdown");
+    floor.terminate().await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    use base64::Engine as _;
+    use hdrhistogram::serialization::Deserializer;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .unwrap();
+    let h: hdrhistogram::Histogram<u64> = Deserializer::new()
+        .deserialize(&mut std::io::Cursor::new(bytes))
+        .unwrap();
+    assert_eq!(h.len(), 5);
+    assert!(h.min() >= 2_990, "a hold below the 3 ms delay: {}", h.min());
+    assert!(h.max() < 3_000_000, "a hold of {} us", h.max());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn sigterm_waits_for_in_flight_delayed_requests() {
     let floor = spawn_floor(&["--delay-fixed-us", "500000"]).await;
@@ -212,6 +284,7 @@ async fn invalid_flags_exit_2_naming_the_flag() {
         (&["--threads", "0"], "--threads"),
         (&["--cpus", "100000"], "--cpus"),
         (&["--stall-hold-ms", "10"], "--stall-every-ms"),
+        (&["--holds-out", "/tmp/never-written"], "--holds-out"),
     ];
     for (args, flag) in cases {
         let out = tokio::time::timeout(
