@@ -870,6 +870,29 @@ fn loader_checks(
     reasons
 }
 
+/// Late sends below the self-check's bound still leave a mark on the far tail: each one's latency includes the
+/// loader's own stall (timed from the intended send, as it must be). When they are more than 0.05 % of the phase
+/// (half of p99.9's share), the percentiles above `100 - 2 × late %` may be the loader's and not the target's;
+/// say so, with the figure, rather than let a p99.9 stand unqualified. Open-loop phases only: a closed loop has
+/// no intended send times.
+fn late_send_warning(phase: &str, late_threshold_us: u64, requests: &Requests) -> Option<String> {
+    if requests.total == 0 {
+        return None;
+    }
+    let late_share = requests.late as f64 / requests.total as f64;
+    if late_share <= 0.0005 {
+        return None;
+    }
+    Some(format!(
+        "phase `{}`: {} sends ({:.2}%) left more than {} us after their intended time; percentiles above p{:.2} may reflect the loader's stalls, not the target",
+        phase,
+        requests.late,
+        late_share * 100.0,
+        late_threshold_us,
+        (100.0 * (1.0 - 2.0 * late_share)).max(0.0)
+    ))
+}
+
 fn metric_deltas(
     before: Option<&BTreeMap<String, f64>>,
     after: Option<&BTreeMap<String, f64>>,
@@ -1169,6 +1192,13 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
         }
         let lag = Summary::of(&merged.send_lag);
         invalid_reasons.extend(loader_checks(&plan, phase, &run.reports, &lag));
+        if matches!(phase.load, LoadModel::Open { .. }) {
+            warnings.extend(late_send_warning(
+                &phase.name,
+                plan.limits.late_threshold_us,
+                &merged.requests,
+            ));
+        }
         let goose_requests: u64 = run.reports.iter().map(|r| r.goose_requests).sum();
         if goose_requests != merged.requests.total {
             warnings.push(format!(
@@ -1874,6 +1904,26 @@ pub fn write_result(out_dir: &Path, result: &RunResult) -> Result<(), RunError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn late_send_warning_names_the_share_and_the_trusted_percentile() {
+        let counts = |late| Requests {
+            total: 40_000,
+            ok: 40_000,
+            late,
+            ..Requests::default()
+        };
+        // 20 of 40,000 is exactly 0.05 %: still fine.
+        assert_eq!(late_send_warning("steady", 1000, &counts(20)), None);
+        assert_eq!(
+            late_send_warning("steady", 1000, &Requests::default()),
+            None
+        );
+        let w = late_send_warning("steady", 1000, &counts(124)).unwrap();
+        assert!(w.contains("phase `steady`: 124 sends (0.31%)"), "{w}");
+        assert!(w.contains("more than 1000 us"), "{w}");
+        assert!(w.contains("above p99.38"), "{w}");
+    }
 
     #[test]
     fn utc_stamp_matches_known_dates() {

@@ -67,12 +67,18 @@ fn rand_suffix() -> u64 {
         .subsec_nanos() as u64
 }
 
-/// Every reported percentile up to p99 lies within 3 % + 150 µs of the injected delays' percentile, and p99.9
-/// within 3 % + 1 ms. The injected
-/// delays are reproduced exactly: the floor draws the k-th request's delay from a counter-based generator, so the
-/// first N delays are known from the seed and the server's request count. The rate (4,000/s, 40,000 samples) keeps
-/// p99.9 statistically stable and the cores from idling between requests: on this VM an idle core takes tens of
-/// microseconds to wake, which would be measured (correctly) as latency of the loopback path, not of the delay.
+/// Every reported percentile up to p99.9 lies within 3 % + 150 µs of the injected delays' percentile.
+///
+/// "Injected" is checked two ways, and an attempt passes only if both hold at every percentile:
+/// - the *nominal* delays, reproduced exactly: the floor draws the k-th request's delay from a counter-based
+///   generator, so the first N delays are known from the seed and the server's request count;
+/// - the *realized* delays: what the server actually held each response for, timer lateness included, as the floor
+///   writes them with `--holds-out`. An instrument that smoothed over the server's real stalls would pass the
+///   first comparison and fail this one.
+///
+/// The rate (4,000/s, 40,000 samples) keeps p99.9 statistically stable and the cores from idling between requests:
+/// on this VM an idle core takes tens of microseconds to wake, which would be measured (correctly) as latency of
+/// the loopback path, not of the delay.
 #[test]
 fn known_latency_percentiles_match_injected_delays() {
     if cfg!(debug_assertions) {
@@ -88,13 +94,21 @@ fn known_latency_percentiles_match_injected_delays() {
         exp_mean_us: 500,
         seed: 7,
     };
-    // A shared VM has scheduling hiccups (they show in the loader's own send lag); they are real latency and
-    // land in p99.9. So up to three attempts are made and one must be within tolerance at every percentile; all
-    // attempts are printed. A systematic error (a late pacer, a wrong timer, coordinated omission) fails them all.
+    // Host noise only ever adds latency, and on this shared 2-vCPU VM it reaches p99.9 in many 10-second windows:
+    // another tenant's flush freezes both vCPUs for milliseconds, the server's timer fires late (the floor counts
+    // releases more than 1 ms late), the loader sends late (it counts sends more than 250 µs late here). A
+    // systematic error of the instrument (a late pacer, a coarse timer, coordinated omission, queueing in the
+    // loader, a smoothed tail) is in every attempt, so the check passes when one attempt is within tolerance at
+    // every percentile against both references; every attempt is printed with its disturbance counts, so a
+    // failure shows whether the host or the instrument is to blame. Noise comes in spells, hence up to 10
+    // attempts with a pause between them: at most about 2 minutes, usually one attempt. Set
+    // KNOWN_LATENCY_ALL_ATTEMPTS to run all ten and see how often this host spoils one.
+    const ATTEMPTS: u32 = 10;
     let mut report = String::new();
     let mut passed = false;
     let mut last_injected_median = 0.0;
-    for attempt in 1..=3 {
+    for attempt in 1..=ATTEMPTS {
+        let holds_path = dir.join(format!("holds-{attempt}.hdr"));
         let run = run_profile(
             &dir,
             &format!("known-{attempt}"),
@@ -105,9 +119,10 @@ name = "known-latency"
 enabled = false
 [run]
 max_duration_s = 60
+late_threshold_us = 250
 [targets.delay]
 builtin = "floor"
-args = ["--delay-fixed-us", "{}", "--delay-exp-mean-us", "{}", "--seed", "{}"]
+args = ["--delay-fixed-us", "{}", "--delay-exp-mean-us", "{}", "--seed", "{}", "--holds-out", "{}"]
 [[phases]]
 name = "steady"
 target = "delay"
@@ -116,7 +131,10 @@ rate_rps = 4000
 duration_s = 10
 connections = 64
 "#,
-                model.fixed_us, model.exp_mean_us, model.seed
+                model.fixed_us,
+                model.exp_mean_us,
+                model.seed,
+                holds_path.display()
             ),
         );
         if run.code != 0 {
@@ -130,15 +148,33 @@ connections = 64
                 "only an invalid measurement may end otherwise: {}",
                 run.stderr
             );
+            std::thread::sleep(std::time::Duration::from_secs(2));
             continue;
         }
         let p = phase(&run.result, "steady");
-        let n = p.server_metrics["delay"]["floor_requests_total"] as u64;
+        let server = &p.server_metrics["delay"];
+        let n = server["floor_requests_total"] as u64;
         assert_eq!(
             n, p.requests.total,
             "server and loader disagree on the request count"
         );
         assert!(n >= 36_000, "only {n} requests");
+        let realized =
+            hist::decode(&std::fs::read_to_string(&holds_path).unwrap_or_else(|e| {
+                panic!("the floor's --holds-out {}: {e}", holds_path.display())
+            }))
+            .unwrap();
+        assert_eq!(realized.len(), n, "one realized hold per request");
+        let late_releases = server
+            .get("floor_release_late_over_1ms_total")
+            .copied()
+            .unwrap_or(0.0) as u64;
+        let late_sends = p.requests.late;
+        report.push_str(&format!(
+            "attempt {attempt}: {n} requests; sends >250 us late {late_sends} (send lag p99 {} us, p99.9 {} us); \
+             server releases >1 ms late {late_releases}\n",
+            p.send_lag_us.p99, p.send_lag_us.p999,
+        ));
         let mut injected: Vec<u64> = (0..n)
             .map(|k| model.delay_for(k).as_micros() as u64)
             .collect();
@@ -148,33 +184,34 @@ connections = 64
         last_injected_median = q_of(0.5);
         let lat = hist::decode(&p.histogram_hdr_v2).unwrap();
         let mut ok = true;
-        report.push_str(&format!(
-            "attempt {attempt}: {n} requests, loader send lag p99 {} us p99.9 {} us\n",
-            p.send_lag_us.p99, p.send_lag_us.p999
-        ));
         for q in [0.5, 0.9, 0.99, 0.999] {
-            let want = q_of(q);
             let got = lat.value_at_quantile(q) as f64;
-            // p99.9 gets 1 ms instead of 150 µs: on this shared 2-core VM a few scheduling stalls a second put
-            // 300-900 µs into p99.9 even when the loader's own send lag is clean (see the issue note). 1 ms still
-            // catches a millisecond timer or coordinated omission, which add whole milliseconds.
-            let abs_us = if q >= 0.999 { 1000.0 } else { 150.0 };
-            let tol = 0.03 * want + abs_us;
+            let nominal = q_of(q);
+            let real = realized.value_at_quantile(q) as f64;
+            let tol_nominal = 0.03 * nominal + 150.0;
+            let tol_real = 0.03 * real + 150.0;
+            let nominal_ok = (got - nominal).abs() <= tol_nominal;
+            let real_ok = (got - real).abs() <= tol_real;
             report.push_str(&format!(
-                "  q={q}: injected {want:.0} us, reported {got:.0} us, error {:+.0} us, tolerance {tol:.0} us\n",
-                got - want
+                "  q={q}: reported {got:.0} us; nominal {nominal:.0} us, error {:+.0} (tolerance {tol_nominal:.0}); \
+                 realized {real:.0} us, error {:+.0} (tolerance {tol_real:.0}){}\n",
+                got - nominal,
+                got - real,
+                if nominal_ok && real_ok { "" } else { "  <-- OUT" }
             ));
-            ok &= (got - want).abs() <= tol;
+            ok &= nominal_ok && real_ok;
         }
-        if ok {
+        if ok && std::env::var_os("KNOWN_LATENCY_ALL_ATTEMPTS").is_none() {
             passed = true;
             break;
         }
+        passed |= ok;
+        std::thread::sleep(std::time::Duration::from_secs(2));
     }
     eprintln!("{report}");
     assert!(
         passed,
-        "percentiles outside tolerance in every attempt:\n{report}"
+        "no attempt within tolerance at every percentile:\n{report}"
     );
     // And the theoretical distribution agrees with what was injected (the generator is what the docs say).
     let median_theory = model.quantile_us(0.5);
