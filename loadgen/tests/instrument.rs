@@ -69,12 +69,18 @@ fn rand_suffix() -> u64 {
 
 /// Every reported percentile up to p99.9 lies within 3 % + 150 µs of the injected delays' percentile.
 ///
-/// "Injected" is checked two ways, and an attempt passes only if both hold at every percentile:
+/// "Injected" is checked against two references:
 /// - the *nominal* delays, reproduced exactly: the floor draws the k-th request's delay from a counter-based
 ///   generator, so the first N delays are known from the seed and the server's request count;
 /// - the *realized* delays: what the server actually held each response for, timer lateness included, as the floor
-///   writes them with `--holds-out`. An instrument that smoothed over the server's real stalls would pass the
-///   first comparison and fail this one.
+///   writes them with `--holds-out`.
+///
+/// An attempt passes when p50, p90 and p99 are within tolerance of both, and p99.9 of the realized delays. At p99.9
+/// the two references differ on this shared VM: a few responses per second are released up to milliseconds late
+/// because the server's thread was descheduled (the floor counts them in `floor_release_late_over_*`). That is
+/// delay the server really injected, which a correct instrument must report; holding p99.9 to the nominal model
+/// would blame the instrument for the host. The realized reference is also the stricter one where it matters: an
+/// instrument that smoothed over the server's real stalls would match the nominal p99.9 and fail this check.
 ///
 /// The rate (4,000/s, 40,000 samples) keeps p99.9 statistically stable and the cores from idling between requests:
 /// on this VM an idle core takes tens of microseconds to wake, which would be measured (correctly) as latency of
@@ -99,11 +105,11 @@ fn known_latency_percentiles_match_injected_delays() {
     // releases more than 1 ms late), the loader sends late (it counts sends more than 250 µs late here). A
     // systematic error of the instrument (a late pacer, a coarse timer, coordinated omission, queueing in the
     // loader, a smoothed tail) is in every attempt, so the check passes when one attempt is within tolerance at
-    // every percentile against both references; every attempt is printed with its disturbance counts, so a
-    // failure shows whether the host or the instrument is to blame. Noise comes in spells, hence up to 10
-    // attempts with a pause between them: at most about 2 minutes, usually one attempt. Set
-    // KNOWN_LATENCY_ALL_ATTEMPTS to run all ten and see how often this host spoils one.
-    const ATTEMPTS: u32 = 10;
+    // every percentile; every attempt is printed with its disturbance counts, so a failure shows whether the host
+    // or the instrument is to blame. Noise comes in spells (in one noisy hour only 1 attempt in 6 was clean of
+    // loader stalls), hence up to 15 attempts with a pause between them: at most about 3.5 minutes, usually one
+    // or two attempts. Set KNOWN_LATENCY_ALL_ATTEMPTS to run all of them and see how often this host spoils one.
+    const ATTEMPTS: u32 = 15;
     let mut report = String::new();
     let mut passed = false;
     let mut last_injected_median = 0.0;
@@ -190,14 +196,25 @@ connections = 64
             let real = realized.value_at_quantile(q) as f64;
             let tol_nominal = 0.03 * nominal + 150.0;
             let tol_real = 0.03 * real + 150.0;
-            let nominal_ok = (got - nominal).abs() <= tol_nominal;
+            // p99.9 is judged against the realized delays only (see the doc comment).
+            let nominal_judged = q < 0.999;
+            let nominal_ok = !nominal_judged || (got - nominal).abs() <= tol_nominal;
             let real_ok = (got - real).abs() <= tol_real;
             report.push_str(&format!(
-                "  q={q}: reported {got:.0} us; nominal {nominal:.0} us, error {:+.0} (tolerance {tol_nominal:.0}); \
+                "  q={q}: reported {got:.0} us; nominal {nominal:.0} us, error {:+.0} ({}); \
                  realized {real:.0} us, error {:+.0} (tolerance {tol_real:.0}){}\n",
                 got - nominal,
+                if nominal_judged {
+                    format!("tolerance {tol_nominal:.0}")
+                } else {
+                    "for information".to_string()
+                },
                 got - real,
-                if nominal_ok && real_ok { "" } else { "  <-- OUT" }
+                if nominal_ok && real_ok {
+                    ""
+                } else {
+                    "  <-- OUT"
+                }
             ));
             ok &= nominal_ok && real_ok;
         }
