@@ -429,3 +429,38 @@ async fn shutdown_closes_idle_connections_at_once() {
         .unwrap();
     assert!(t0.elapsed() < Duration::from_secs(3));
 }
+
+/// The head deadline runs from the start of each wait for a head, on either path: a keep-alive connection served
+/// only by the fast path stays open long past the timeout while it keeps asking, and an idle one is closed after
+/// it. (Deadlines are enforced by the reaper thread, not by a timer on the serving runtime.)
+#[tokio::test]
+async fn head_deadline_restarts_per_request_on_the_fast_path_and_closes_idle_connections() {
+    let o = common::start_origin(OriginConfig::default()).await;
+    let timeout = Duration::from_millis(300);
+    let mut plan = TierPlan::default();
+    plan.limits.header_read_timeout = timeout;
+    let edge = start_tier_with(common::tier_config(Role::Edge, vec![o.url()]), plan).await;
+    let mut c = Raw::connect(edge.http()).await;
+    c.send(get("/static/kept", "").as_bytes()).await;
+    assert_eq!(c.response(false).await.status, 200);
+    // Hits only, one every 50 ms for over 4 timeouts.
+    let started = std::time::Instant::now();
+    let mut hits = 0;
+    while started.elapsed() < timeout * 4 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.send(get("/static/kept", "").as_bytes()).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 200);
+        assert!(r.header("cache-status").unwrap().contains("; hit"), "{r:?}");
+        hits += 1;
+    }
+    assert!(hits >= 20, "only {hits} hits");
+    assert_eq!(o.fetches("/static/kept"), 1);
+    // Then idle: closed within the timeout plus the reaper's tick (an eighth of it), well inside PROMPT.
+    let idle_from = std::time::Instant::now();
+    assert!(
+        c.closed().await,
+        "an idle connection outlived its head deadline"
+    );
+    assert!(idle_from.elapsed() >= timeout, "closed before the deadline");
+}

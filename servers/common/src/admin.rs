@@ -4,7 +4,8 @@
 //! accept queues with the traffic being measured.
 
 use std::convert::Infallible;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +26,52 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 /// cleanup) runs while the admin server is up; without it histogram memory
 /// grows until the next scrape.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The exporter's upkeep on its own thread, every [`UPKEEP_INTERVAL`], until dropped.
+///
+/// Not a tokio interval: a pending timer on the serving runtime makes every `epoll_wait` arm a kernel timer, once
+/// per request on a fast server (see `crate::reaper`).
+#[derive(Debug)]
+pub struct Upkeep {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Upkeep {
+    /// Starts the thread.
+    pub fn start(handle: PrometheusHandle) -> Result<Upkeep, CommonError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("refbench-upkeep".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Acquire) {
+                    std::thread::park_timeout(UPKEEP_INTERVAL);
+                    if !flag.load(Ordering::Acquire) {
+                        handle.run_upkeep();
+                    }
+                }
+            })
+            .map_err(|source| CommonError::Io {
+                what: "starting the metrics upkeep thread".into(),
+                source,
+            })?;
+        Ok(Upkeep {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Upkeep {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
 
 /// Installs the Prometheus recorder as the global `metrics` recorder on the
 /// first call and returns a clone of its handle on every call.
@@ -103,25 +150,13 @@ pub async fn serve_admin(
     handle: PrometheusHandle,
     shutdown: Shutdown,
 ) -> Result<(), CommonError> {
-    let upkeep_handle = handle.clone();
-    let mut upkeep_shutdown = shutdown.clone();
-    let upkeep = async move {
-        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = upkeep_shutdown.wait() => break,
-                _ = tick.tick() => upkeep_handle.run_upkeep(),
-            }
-        }
-    };
+    // Stops (and is joined) when this function returns.
+    let _upkeep = Upkeep::start(handle.clone())?;
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let resp = route(&handle, req.method(), req.uri().path());
         std::future::ready(Ok::<_, Infallible>(resp))
     });
-    let serve = serve_inner(listener, service, admin_limits(), shutdown, None);
-    let (served, ()) = tokio::join!(serve, upkeep);
-    served
+    serve_inner(listener, service, admin_limits(), shutdown, None).await
 }
 
 #[cfg(test)]

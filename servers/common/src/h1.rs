@@ -10,11 +10,16 @@
 //!
 //! What stays the same as [`crate::http::serve_http`]: the connection limit (a semaphore, the kernel backlog holds
 //! the rest), the first-byte and header-read timeouts (a head must be complete within `header_read_timeout` of the
-//! wait for it starting, give or take an eighth of it and at most a second, so the timer is re-armed rarely;
-//! this also closes idle keep-alive connections), the head size limit (431), cleartext
+//! wait for it starting, give or take an eighth of it and at most a second; this also closes idle keep-alive
+//! connections), the head size limit (431), cleartext
 //! HTTP/2 with prior knowledge (the preface is recognised and the connection handed to hyper's HTTP/2 server), and
 //! the drain on shutdown (idle connections close at once, busy ones after their response, all within
 //! `drain_timeout`).
+//!
+//! The head deadlines are not tokio timers: a [`Reaper`] thread checks them every eighth of the timeout and shuts
+//! an expired connection's read side. A runtime with a pending timer arms a kernel timer on every `epoll_wait`,
+//! that is once per request on a server that answers faster than requests arrive; with deadlines off the runtime
+//! an idle hit-serving thread parks with no timeout at all.
 //!
 //! Request bodies are read whole, up to `max_body_bytes` (413 beyond it, decided from `Content-Length` before
 //! reading any of it), with `Expect: 100-continue` honoured. Framing errors that could desynchronise the
@@ -39,16 +44,19 @@ use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use std::os::fd::AsRawFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, Sleep};
+
+use tokio::time::Instant;
 
 use crate::CommonError;
 use crate::http::{
     Accepted, ConnGuard, ConnMetrics, H2_MAX_CONCURRENT_STREAMS, Limits, accept_next, first_byte,
 };
+use crate::reaper::{Reaper, Ticket};
 use crate::shutdown::Shutdown;
 
 /// Most header fields in one request head; more get 431.
@@ -351,6 +359,14 @@ where
     let local = listener.local_addr().ok();
     let limits = Arc::new(limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // Stopped (joined) when this function returns, after every connection task has ended.
+    let reaper = Reaper::start(deadline_slack(limits.header_read_timeout)).map_err(|source| {
+        CommonError::Io {
+            what: "starting the connection deadline thread".into(),
+            source,
+        }
+    })?;
+    let deadlines = reaper.handle();
     let graceful = GracefulShutdown::new();
     let mut tasks = JoinSet::new();
     let mut fatal: Option<CommonError> = None;
@@ -370,16 +386,15 @@ where
         let limits = Arc::clone(&limits);
         let conn_shutdown = shutdown.clone();
         let watcher = graceful.watcher();
+        let ticket = deadlines.register(stream.as_raw_fd());
         tasks.spawn(async move {
             let _guard = guard;
             let mut stop_on = conn_shutdown.clone();
             let mut conn = Conn {
+                ticket: Some(ticket),
                 stream,
                 buf: BytesMut::with_capacity(READ_BUF_BYTES),
                 out: Out::default(),
-                sleep: Box::pin(tokio::time::sleep_until(
-                    Instant::now() + limits.header_read_timeout,
-                )),
                 limits,
                 shutdown: conn_shutdown,
                 stop: Box::pin(async move { stop_on.wait().await }),
@@ -391,6 +406,8 @@ where
                 conn.linger().await;
             }
             if let Ok(Proto::H2) = proto {
+                // HTTP/2 keeps its own timers; the deadline entry must go before the socket can close.
+                drop(conn.ticket.take());
                 let Conn {
                     stream,
                     buf,
@@ -424,6 +441,7 @@ where
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    drop(reaper);
     fatal.map_or(Ok(()), Err)
 }
 
@@ -467,6 +485,9 @@ impl From<io::Error> for Stop {
 
 /// One HTTP/1 connection.
 struct Conn {
+    /// The head deadline's entry in the [`Reaper`]. Declared before `stream` so it is dropped first: the reaper
+    /// must never shut down a descriptor number after its socket closed. `None` only after the HTTP/2 handoff.
+    ticket: Option<Ticket>,
     stream: TcpStream,
     buf: BytesMut,
     out: Out,
@@ -477,8 +498,6 @@ struct Conn {
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// `stop` has resolved (it must not be polled again).
     stopped: bool,
-    /// The head deadline, moved forward lazily: re-arming a timer per request showed up in the profile too.
-    sleep: Pin<Box<Sleep>>,
     /// An error response was queued: the connection closes after it, gracefully (see [`Conn::linger`]).
     refused: bool,
 }
@@ -534,8 +553,9 @@ impl Conn {
         }
         let mut first = true;
         loop {
-            // The deadline for the next complete head starts when we begin waiting for it.
-            let deadline = Instant::now() + timeout;
+            // The deadline for the next complete head starts when we begin waiting for it (armed lazily, at the
+            // first read that has to wait, so pipelined heads already in the buffer cost nothing).
+            let mut armed = false;
             let owned = loop {
                 if first && self.buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&self.buf) {
                     // Maybe an HTTP/2 client: wait for the whole preface (an empty buffer is a prefix too).
@@ -545,6 +565,7 @@ impl Conn {
                     first = false;
                     match self.parse_one(app)? {
                         Parsed::Answered { keep_alive } => {
+                            armed = false;
                             if !keep_alive {
                                 self.out.flush(&mut self.stream).await?;
                                 return Ok(Proto::H1Done);
@@ -573,8 +594,14 @@ impl Conn {
                     .await;
                     return Ok(Proto::H1Done);
                 }
-                self.read_more(deadline).await?;
+                if !armed {
+                    self.arm(timeout);
+                    armed = true;
+                }
+                self.read_more().await?;
             };
+            // The service may take as long as it needs (a cache miss waits for its upstream): no head deadline.
+            self.disarm();
             let keep_alive = self.slow(app, *owned).await?;
             if !keep_alive || self.shutdown.is_triggered() {
                 self.out.flush(&mut self.stream).await?;
@@ -583,17 +610,27 @@ impl Conn {
         }
     }
 
-    /// Reads more bytes, until `deadline` (or up to [`deadline_slack`] after it); ends the connection on EOF,
-    /// error, timeout, or shutdown while idle.
-    async fn read_more(&mut self, deadline: Instant) -> Result<(), Stop> {
+    fn arm(&self, timeout: Duration) {
+        if let Some(t) = &self.ticket {
+            t.arm(timeout);
+        }
+    }
+
+    fn disarm(&self) {
+        if let Some(t) = &self.ticket {
+            t.disarm();
+        }
+    }
+
+    fn deadline_fired(&self) -> bool {
+        self.ticket.as_ref().is_some_and(Ticket::fired)
+    }
+
+    /// Reads more bytes; ends the connection on EOF, error, an expired head deadline (the reaper shuts the read
+    /// side, so the read sees EOF), or shutdown while idle.
+    async fn read_more(&mut self) -> Result<(), Stop> {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_BUF_BYTES);
-        }
-        // The timer is re-armed only when it would fire before `deadline`, and then a little later than needed,
-        // so a busy keep-alive connection re-arms it about once per slack period instead of once per request.
-        if self.sleep.deadline() < deadline {
-            let slack = deadline_slack(self.limits.header_read_timeout);
-            self.sleep.as_mut().reset(deadline + slack);
         }
         let idle = self.buf.is_empty();
         let watch_stop = idle && !self.stopped;
@@ -603,12 +640,6 @@ impl Conn {
                 Ok(n) => n,
                 Err(_) => return Err(Stop::Gone),
             },
-            () = self.sleep.as_mut() => {
-                if !idle {
-                    self.refuse(StatusCode::REQUEST_TIMEOUT, "request head not received in time").await;
-                }
-                return Err(Stop::Gone);
-            }
             // Shutdown closes idle connections; a partial head is given until its deadline.
             () = &mut self.stop, if watch_stop => {
                 self.stopped = true;
@@ -616,6 +647,13 @@ impl Conn {
             }
         };
         if n == 0 {
+            if self.deadline_fired() && !idle {
+                self.refuse(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request head not received in time",
+                )
+                .await;
+            }
             return Err(Stop::Gone);
         }
         Ok(())

@@ -27,6 +27,7 @@ pub mod error;
 pub mod h1;
 pub mod http;
 pub mod pacer;
+pub mod reaper;
 pub mod runtime;
 pub mod shutdown;
 pub mod timer;

@@ -65,7 +65,7 @@ use std::time::Duration;
 
 use http::Uri;
 use refbench_common::CommonError;
-use refbench_common::admin::{UPKEEP_INTERVAL, metrics_handle};
+use refbench_common::admin::{Upkeep, metrics_handle};
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
 use refbench_common::cpu::{pin_to_cpus, validate_process_flags};
@@ -759,7 +759,7 @@ pub struct Started {
     pub disk: Option<DiskTier>,
     http: JoinHandle<Result<(), CommonError>>,
     admin: JoinHandle<Result<(), CommonError>>,
-    upkeep: JoinHandle<()>,
+    upkeep: Upkeep,
 }
 
 impl Started {
@@ -780,7 +780,7 @@ impl Started {
     pub async fn join(self) -> Result<(), CacheError> {
         let http = flatten("http", self.http.await);
         let admin = flatten("admin", self.admin.await);
-        let _ = self.upkeep.await;
+        drop(self.upkeep);
         if let Some(disk) = self.disk {
             // Joins the writer thread and deletes the segments: blocking work, off the runtime's threads.
             let closed = tokio::task::spawn_blocking(move || disk.close()).await;
@@ -866,19 +866,9 @@ pub async fn start_with_lower_tier(
         plan.limits.clone(),
         shutdown.clone(),
     ));
-    let upkeep_handle = handle.clone();
-    let mut upkeep_shutdown = shutdown.clone();
-    let upkeep = tokio::spawn(async move {
-        // Histogram buckets rotate and idle series expire only when upkeep runs.
-        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = upkeep_shutdown.wait() => break,
-                _ = tick.tick() => upkeep_handle.run_upkeep(),
-            }
-        }
-    });
+    // Histogram buckets rotate and idle series expire only when upkeep runs; on its own thread, so the serving
+    // runtime has no timer pending while it waits for requests.
+    let upkeep = Upkeep::start(handle.clone())?;
     let admin = tokio::spawn(serve_http(
         admin,
         CacheAdmin::new(tier.clone(), Some(handle)),

@@ -16,7 +16,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 
 use super::error::FetchError;
 use super::key::hash_parts;
@@ -67,8 +67,11 @@ impl Upstreams {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
+        // No pool timer: with one, hyper-util keeps an interval on the serving runtime while any upstream
+        // connection is idle, so every `epoll_wait` of a hit-serving tier arms a kernel timer (see
+        // `refbench_common::reaper`). Without it, idle connections past the timeout are dropped when the pool is
+        // next asked for one, and at most `max_idle_per_upstream` of them wait that long.
         let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(max_idle_per_upstream)
             .build(connector);
