@@ -1,12 +1,13 @@
 //! Measures how the flush *rate* moves the tail of one durable append on this host, to choose the writer's
 //! `--min-commit-interval-us` on numbers.
 //!
-//! `cargo run --release -p refbench-ledger --example sync_rate_probe -- DIR SECONDS ROUNDS INTERVALS_US [zeroed|append] [ARRIVAL_RPS]`
+//! `cargo run --release -p refbench-ledger --example sync_rate_probe -- DIR SECONDS ROUNDS SLOTS [ARRIVAL_RPS]`
 //!
-//! For each interval (comma-separated, µs; 0 = back to back) one file takes 256-byte appends, each followed by
-//! `fdatasync`, a new one starting no sooner than the interval after the previous one started: the writer's pacing.
-//! Intervals take turns for SECONDS at a time, ROUNDS times, so host noise hits them alike. `zeroed` overwrites a
-//! pre-written file (no metadata to commit), `append` grows the file (a journal commit per flush).
+//! SLOTS is a comma-separated list of `<interval µs><z|a>`, e.g. `0a,1000a,1000z`. Each slot is one file taking
+//! 256-byte appends, each followed by `fdatasync`, a new one starting no sooner than the interval after the previous
+//! one started (0 = back to back): the writer's pacing. `z` overwrites a pre-written file (no metadata to commit),
+//! `a` grows the file (a journal commit per flush), as the log does. Slots take turns for SECONDS at a time, ROUNDS
+//! times, so host noise hits them alike.
 //!
 //! Per interval it prints flushes/s, flush latency p50/p99/p99.9, the share of time spent in flushes slower than
 //! 2 ms and how many there were per second, and what a request arriving at ARRIVAL_RPS (default 8,300, evenly
@@ -28,13 +29,14 @@ fn pin(cpu: usize) {
     }
 }
 
-/// Bytes pre-written for `zeroed` (the appends of one interval must fit).
+/// Bytes pre-written for a `z` slot (its appends must fit).
 const ZEROED_BYTES: u64 = 256 << 20;
 const APPEND_BYTES: usize = 256;
 const SLOW: f64 = 2e-3;
 
 struct Slot {
     interval: Duration,
+    zeroed: bool,
     file: File,
     pos: u64,
     /// (start, end) of each flush, seconds on this slot's own clock (its turns laid end to end).
@@ -50,7 +52,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
         eprintln!(
-            "usage: sync_rate_probe DIR SECONDS ROUNDS INTERVALS_US [zeroed|append] [ARRIVAL_RPS]"
+            "usage: sync_rate_probe DIR SECONDS ROUNDS SLOTS [ARRIVAL_RPS]  (SLOTS: e.g. 0a,1000a,1000z)"
         );
         std::process::exit(2);
     }
@@ -60,23 +62,24 @@ fn main() {
         .expect("temporary directory in DIR");
     let secs: f64 = args[2].parse().expect("SECONDS");
     let rounds: usize = args[3].parse().expect("ROUNDS");
-    let intervals: Vec<u64> = args[4]
+    let specs: Vec<(u64, bool)> = args[4]
         .split(',')
-        .map(|s| s.parse().expect("INTERVALS_US"))
+        .map(|s| {
+            let (us, mode) = s.split_at(s.len().saturating_sub(1));
+            let zeroed = match mode {
+                "z" => true,
+                "a" => false,
+                _ => panic!("slot `{s}`: end it in z (pre-written) or a (appending)"),
+            };
+            (us.parse().expect("slot interval, µs"), zeroed)
+        })
         .collect();
-    let zeroed = match args.get(5).map(String::as_str) {
-        None | Some("zeroed") => true,
-        Some("append") => false,
-        Some(other) => panic!("mode must be zeroed or append, got {other}"),
-    };
-    let arrival_rps: f64 = args
-        .get(6)
-        .map_or(8300.0, |s| s.parse().expect("ARRIVAL_RPS"));
+    let arrival_rps: f64 = args.get(5).map_or(8300.0, |s| s.parse().expect("ARRIVAL_RPS"));
     pin(0);
-    let mut slots: Vec<Slot> = intervals
+    let mut slots: Vec<Slot> = specs
         .iter()
         .enumerate()
-        .map(|(i, &us)| {
+        .map(|(i, &(us, zeroed))| {
             let mut file = File::create(dir.path().join(format!("f{i}"))).expect("create");
             if zeroed {
                 let zeros = vec![0u8; 1 << 20];
@@ -87,6 +90,7 @@ fn main() {
             }
             Slot {
                 interval: Duration::from_micros(us),
+                zeroed,
                 file,
                 pos: 0,
                 trace: Vec::new(),
@@ -111,7 +115,7 @@ fn main() {
                 let end = Instant::now();
                 slot.pos += APPEND_BYTES as u64;
                 assert!(
-                    !zeroed || slot.pos < ZEROED_BYTES,
+                    !slot.zeroed || slot.pos < ZEROED_BYTES,
                     "the pre-written file is full"
                 );
                 slot.trace.push((
@@ -123,12 +127,9 @@ fn main() {
             slot.wall_s += turn.elapsed().as_secs_f64();
         }
     }
+    println!("arrival_rps={arrival_rps}");
     println!(
-        "mode={} arrival_rps={arrival_rps}",
-        if zeroed { "zeroed" } else { "append" }
-    );
-    println!(
-        "interval_us flushes_per_s flush_us_p50 flush_us_p99 flush_us_p999 slow_time_share slow_per_s | wait_us_p50 wait_us_p99 wait_us_p999"
+        "slot flushes_per_s flush_us_p50 flush_us_p99 flush_us_p999 slow_time_share slow_per_s | wait_us_p50 wait_us_p99 wait_us_p999"
     );
     for slot in &slots {
         let mut lat: Vec<f64> = slot.trace.iter().map(|(s, e)| e - s).collect();
@@ -149,8 +150,9 @@ fn main() {
         }
         wait.sort_by(f64::total_cmp);
         println!(
-            "{} {:.0} {:.0} {:.0} {:.0} {:.4} {:.2} | {:.0} {:.0} {:.0}",
+            "{}{} {:.0} {:.0} {:.0} {:.0} {:.4} {:.2} | {:.0} {:.0} {:.0}",
             slot.interval.as_micros(),
+            if slot.zeroed { "z" } else { "a" },
             slot.trace.len() as f64 / slot.wall_s,
             pct(&lat, 0.5) * 1e6,
             pct(&lat, 0.99) * 1e6,
