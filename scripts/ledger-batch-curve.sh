@@ -13,11 +13,11 @@
 #
 # Usage: scripts/ledger-batch-curve.sh [--quick]
 #   env DUR seconds per run (10), CONNS closed-loop connections of batched runs (16), SINGLE_CONNS closed-loop
-#       connections of single transfers (64: the writer paces its flushes, 1 ms apart by default, so 16 connections
-#       would cap single transfers near 16 per ms whatever the server could do), OPEN_CONNS connections of the
+#       connections of single transfers (64: the writer paces its flushes, so 16 connections would cap single
+#       transfers near 16 per flush whatever the server could do), OPEN_CONNS connections of the
 #       open-loop run (256: each lane sends on its own schedule, so with few lanes a request waits for its lane's
 #       previous response and the loader, not the server, makes the tail), ROUNDS (3; the median round is
-#       reported), COMMIT_INTERVAL_US the server's --min-commit-interval-us (1000, its default), OUT
+#       reported), FLUSH_GAP_US the server's --flush-gap-us (1000, its default), OUT
 #       (results/baselines/ledger-batch-curve.json), KEEP_TMP=1 keeps the temporary folder.
 #   --quick: ROUNDS=1 DUR=3, OUT defaults to ${TMPDIR:-/tmp}/ledger-batch-curve.quick.json.
 # All traffic goes to 127.0.0.1; every run is bounded by DUR, the profile's caps and `timeout`.
@@ -54,7 +54,7 @@ fi
 CONNS=${CONNS:-16}
 SINGLE_CONNS=${SINGLE_CONNS:-64}
 OPEN_CONNS=${OPEN_CONNS:-256}
-COMMIT_INTERVAL_US=${COMMIT_INTERVAL_US:-1000}
+FLUSH_GAP_US=${FLUSH_GAP_US:-1000}
 BATCHES=(1 10 100 1000 8190)
 
 command -v python3 >/dev/null || { echo "ledger-batch-curve: needs python3" >&2; exit 2; }
@@ -90,7 +90,7 @@ max_duration_s = $((DUR * 3 + 60))
 enabled = false
 [targets.ledger]
 builtin = "ledger"
-args = ["--min-commit-interval-us", "$COMMIT_INTERVAL_US"]
+args = ["--flush-gap-us", "$FLUSH_GAP_US"]
 [[phases]]
 name = "warmup"
 target = "ledger"
@@ -156,9 +156,9 @@ for round in $(seq 1 "$ROUNDS"); do
     RESULTS+=("half:1:$round:$(run "half-b1-r$round")")
 done
 
-python3 - "$OUT" "$HALF" "$DUR" "$CONNS" "$ROUNDS" "$*" "$OPEN_CONNS" "$SINGLE_CONNS" "$COMMIT_INTERVAL_US" "${RESULTS[@]}" <<'EOF'
+python3 - "$OUT" "$HALF" "$DUR" "$CONNS" "$ROUNDS" "$*" "$OPEN_CONNS" "$SINGLE_CONNS" "$FLUSH_GAP_US" "${RESULTS[@]}" <<'EOF'
 import json, os, platform, statistics, subprocess, sys, time
-out, half, dur, conns, rounds, args, open_conns, single_conns, commit_interval_us = sys.argv[1:10]
+out, half, dur, conns, rounds, args, open_conns, single_conns, flush_gap_us = sys.argv[1:10]
 runs = {}
 host = None
 for arg in sys.argv[10:]:
@@ -210,7 +210,7 @@ doc = {
     "command": f"scripts/ledger-batch-curve.sh {args}".strip(),
     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     "git": {"commit": commit, "dirty": dirty},
-    "settings": {"duration_s": int(dur), "connections": int(conns), "single_transfer_connections": int(single_conns), "open_loop_connections": int(open_conns), "server_min_commit_interval_us": int(commit_interval_us), "rounds": int(rounds), "half_capacity_rps": float(half)},
+    "settings": {"duration_s": int(dur), "connections": int(conns), "single_transfer_connections": int(single_conns), "open_loop_connections": int(open_conns), "server_flush_gap_us": int(flush_gap_us), "rounds": int(rounds), "half_capacity_rps": float(half)},
     "host": host,
     "curve": curve,
 }

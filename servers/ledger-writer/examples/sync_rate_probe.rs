@@ -1,5 +1,5 @@
 //! Measures how the flush *rate* moves the tail of one durable append on this host, to choose the writer's
-//! `--min-commit-interval-us` on numbers.
+//! `--flush-gap-us` on numbers.
 //!
 //! `cargo run --release -p refbench-ledger --example sync_rate_probe -- DIR SECONDS ROUNDS SLOTS [ARRIVAL_RPS]`
 //!
@@ -74,7 +74,9 @@ fn main() {
             (us.parse().expect("slot interval, µs"), zeroed)
         })
         .collect();
-    let arrival_rps: f64 = args.get(5).map_or(8300.0, |s| s.parse().expect("ARRIVAL_RPS"));
+    let arrival_rps: f64 = args
+        .get(5)
+        .map_or(8300.0, |s| s.parse().expect("ARRIVAL_RPS"));
     pin(0);
     let mut slots: Vec<Slot> = specs
         .iter()

@@ -70,11 +70,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     pub max_group_items: usize,
 
-    /// A flush starts no sooner than this after the previous one started; requests arriving meanwhile join it
-    /// (0 = back to back, for a local disk without a flush budget). Fewer, fuller flushes keep a virtual disk out of
-    /// its throttled path: see `WriterConfig::min_commit_interval` and `examples/sync_rate_probe.rs`.
-    #[arg(long, value_name = "US", default_value_t = 1000)]
-    pub min_commit_interval_us: u64,
+    /// A flush starts no sooner than this after the previous one ended; requests arriving meanwhile join it (0 = back
+    /// to back, for a local disk without a flush budget). Fewer, fuller flushes keep a virtual disk out of its
+    /// throttled path: see `WriterConfig::flush_gap` and `examples/sync_rate_probe.rs`.
+    #[arg(long, value_name = "US", default_value_t = DEFAULT_FLUSH_GAP_US)]
+    pub flush_gap_us: u64,
 
     /// Accounts kept (in memory); more get `capacity_exceeded`.
     #[arg(long, value_name = "N", default_value_t = 10_000_000)]
@@ -149,8 +149,10 @@ const MAX_SEGMENT_BYTES: u64 = crate::log::MAX_SEGMENT_BYTES;
 const MIN_SEGMENT_BYTES: u64 = (MAX_RECORD_PAYLOAD_BYTES + crate::log::RECORD_HEADER_BYTES) as u64;
 const MAX_QUEUE: usize = 1 << 20;
 const MAX_THREADS: usize = 256;
-/// Pacing longer than this would only add latency: at 100 ms a flush per interval holds a whole batch anyway.
-const MAX_COMMIT_INTERVAL_US: u64 = 100_000;
+/// Pacing longer than this would only add latency: at 100 ms a flush per gap holds a whole batch anyway.
+const MAX_FLUSH_GAP_US: u64 = 100_000;
+/// See `WriterConfig::flush_gap`; chosen with `profiles/ledger-flush-gap.toml`.
+const DEFAULT_FLUSH_GAP_US: u64 = 1000;
 
 impl ServeArgs {
     /// Validates the flags once; errors name the flag.
@@ -185,12 +187,7 @@ impl ServeArgs {
             MAX_QUEUE as u64,
         )?;
         range("--max-group-items", self.max_group_items as u64, 1, 1 << 24)?;
-        range(
-            "--min-commit-interval-us",
-            self.min_commit_interval_us,
-            0,
-            MAX_COMMIT_INTERVAL_US,
-        )?;
+        range("--flush-gap-us", self.flush_gap_us, 0, MAX_FLUSH_GAP_US)?;
         range("--max-accounts", self.max_accounts as u64, 1, 1 << 32)?;
         range("--max-transfers", self.max_transfers as u64, 1, 1 << 32)?;
         range("--threads", self.threads as u64, 1, MAX_THREADS as u64)?;
@@ -210,7 +207,7 @@ impl ServeArgs {
             writer: WriterConfig {
                 max_group_jobs: self.max_group_jobs,
                 max_group_items: self.max_group_items,
-                min_commit_interval: std::time::Duration::from_micros(self.min_commit_interval_us),
+                flush_gap: std::time::Duration::from_micros(self.flush_gap_us),
                 checkpoint_every_bytes: self.checkpoint_every_bytes,
                 data_dir: PathBuf::new(),
                 checkpoint_on_stop: true,

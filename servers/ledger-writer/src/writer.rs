@@ -122,15 +122,18 @@ pub struct WriterConfig {
     pub max_group_jobs: usize,
     /// Most items (accounts + transfers) in one group commit.
     pub max_group_items: usize,
-    /// A group's flush starts no sooner than this after the previous one started (zero: back to back). Jobs that
-    /// arrive in the meantime join the group; a full group (`max_group_jobs`, `max_group_items`) never waits.
+    /// A group's flush starts no sooner than this after the previous group's flush ended and its answers went out
+    /// (zero: back to back). Jobs that arrive in the meantime join the group; a full group (`max_group_jobs`,
+    /// `max_group_items`) never waits, and a job after a quiet gap does not wait at all.
     /// Why: on a virtual or cloud disk a flush is a host-side operation with a budget, and past it the host stalls
     /// flushes (and here the whole VM) for 10–20 ms. `examples/sync_rate_probe.rs` on this host: back-to-back
     /// `fdatasync`s (3,600–5,300/s) spent 18–19 % of the time in flushes slower than 2 ms, the same flushes 1 ms
-    /// apart (930/s) 0.2 %. `profiles/ledger-commit-interval.toml` shows the same on the server at 7,000 single
-    /// transfers/s: p99 over 10 ms unpaced or at 500 µs, about 2–4 ms at 1 ms. The wait costs at most the interval
-    /// at a steady arrival rate; a lone request after a quiet interval does not wait at all.
-    pub min_commit_interval: Duration,
+    /// apart (930/s) 0.2 %.
+    /// Why from the end, not the start: clients answered by a flush send their next requests a round trip after
+    /// it ended. Counted from the start, a flush slower than the pacing left no window for them, the first one
+    /// to arrive was flushed alone and the rest waited a whole period (closed-loop batches of 10 fell from 123k to
+    /// 79k transfers/s). Counted from the end, the window is the gap whatever the flush took.
+    pub flush_gap: Duration,
     /// A checkpoint is written after this many log bytes since the last one, or after as many log bytes as the
     /// last checkpoint held if that is more (see `Writer::checkpoint_due_bytes`).
     pub checkpoint_every_bytes: u64,
@@ -252,7 +255,7 @@ impl Writer {
     fn run(&mut self, rx: Receiver<Job>) {
         let mut group: Vec<Job> = Vec::with_capacity(self.config.max_group_jobs);
         let mut replies: Vec<Reply> = Vec::with_capacity(self.config.max_group_jobs);
-        // When the previous group's flush started (its step, in fact: applying a group takes microseconds).
+        // When the previous group's flush ended and its answers were sent.
         let mut last_flush: Option<Instant> = None;
         loop {
             let wait = self
@@ -278,13 +281,13 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            // Pace the flushes (see `WriterConfig::min_commit_interval`): a group with room waits for the interval
-            // to pass since the previous flush started, taking in what arrives meanwhile.
+            // Pace the flushes (see `WriterConfig::flush_gap`): a group with room waits until the gap has passed
+            // since the previous flush ended, taking in what arrives meanwhile.
             let mut closed = false;
             if let Some(previous) = last_flush
                 && !group.is_empty()
             {
-                let due = previous + self.config.min_commit_interval;
+                let due = previous + self.config.flush_gap;
                 while room(&group, items) {
                     let Some(left) = due.checked_duration_since(Instant::now()) else {
                         break;
@@ -302,11 +305,12 @@ impl Writer {
                     }
                 }
             }
-            if !group.is_empty() {
-                last_flush = Some(Instant::now());
-            }
+            let paced = !group.is_empty();
             if !self.step(&mut group, &mut replies) || closed {
                 break;
+            }
+            if paced {
+                last_flush = Some(Instant::now());
             }
         }
         // Drain what is still queued (the HTTP side stopped sending), then leave a checkpoint for a fast restart.
@@ -540,7 +544,7 @@ mod tests {
         let cfg = WriterConfig {
             max_group_jobs,
             max_group_items: 1 << 16,
-            min_commit_interval: interval,
+            flush_gap: interval,
             checkpoint_every_bytes: 1 << 30,
             data_dir: dir.to_path_buf(),
             checkpoint_on_stop: false,
@@ -555,8 +559,8 @@ mod tests {
             .expect("answered")
     }
 
-    /// A group with room is not flushed before the interval has passed since the previous flush started, and the
-    /// jobs that arrive meanwhile share its flush.
+    /// A group with room is not flushed before the gap has passed since the previous flush ended, and the jobs
+    /// that arrive meanwhile share its flush.
     #[test]
     fn flushes_are_paced_and_late_jobs_join_the_waiting_group() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -564,7 +568,7 @@ mod tests {
         let (w, join) = writer(dir.path(), 1024, interval);
         let first_sent = Instant::now();
         assert!(matches!(status(&w), Reply::Status(_)));
-        // The first flush started after `first_sent`; these may not be flushed before it plus the interval.
+        // The first flush ended after `first_sent`; these may not be flushed before it plus the gap.
         let queued: Vec<_> = (0..3)
             .map(|_| w.submit(Op::Status).expect("queued"))
             .collect();
@@ -572,11 +576,11 @@ mod tests {
             assert!(matches!(rx.blocking_recv(), Ok(Reply::Status(_))));
             assert!(
                 first_sent.elapsed() >= interval,
-                "answered {:?} after the first request, before the {interval:?} interval",
+                "answered {:?} after the first request, before the {interval:?} gap",
                 first_sent.elapsed()
             );
         }
-        // Each in its own paced flush, the last answer would come 3 intervals after the first request.
+        // Each in its own paced flush, the last answer would come 3 gaps after the first request.
         assert!(
             first_sent.elapsed() < interval * 3 - Duration::from_millis(100),
             "the waiting jobs did not share one flush: {:?}",
@@ -586,7 +590,7 @@ mod tests {
         join.join().expect("writer thread");
     }
 
-    /// A full group does not wait for the interval.
+    /// A full group does not wait for the gap.
     #[test]
     fn a_full_group_is_flushed_without_waiting() {
         let dir = tempfile::tempdir().expect("tempdir");
