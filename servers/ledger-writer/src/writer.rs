@@ -251,52 +251,68 @@ struct Writer {
     payload: Vec<u8>,
 }
 
+/// The group being gathered: jobs applied in arrival order, their answers held until the group is durable.
+struct Group {
+    jobs: Vec<Job>,
+    replies: Vec<Reply>,
+    /// Items of the applied jobs (bounded by `max_group_items`).
+    items: usize,
+    /// The group's wall-clock time, ns: every item applied in it is timestamped from it.
+    now: u64,
+    /// Time spent applying (expiries included), ns.
+    apply_ns: u64,
+    /// The first failure to append to the log's pending buffer; the group then fails as a flush would.
+    push_error: Option<crate::log::LogError>,
+}
+
 impl Writer {
     fn run(&mut self, rx: Receiver<Job>) {
-        let mut group: Vec<Job> = Vec::with_capacity(self.config.max_group_jobs);
-        let mut replies: Vec<Reply> = Vec::with_capacity(self.config.max_group_jobs);
+        let mut group = Group {
+            jobs: Vec::with_capacity(self.config.max_group_jobs),
+            replies: Vec::with_capacity(self.config.max_group_jobs),
+            items: 0,
+            now: 0,
+            apply_ns: 0,
+            push_error: None,
+        };
         // When the previous group's flush ended and its answers were sent.
         let mut last_flush: Option<Instant> = None;
-        loop {
+        let mut closed = false;
+        while !closed {
             let wait = self
                 .state
                 .next_expiry_ns()
                 .map(|at| Duration::from_nanos(at.saturating_sub(now_ns())).min(IDLE_WAKE))
                 .unwrap_or(IDLE_WAKE);
-            match rx.recv_timeout(wait) {
-                Ok(job) => group.push(job),
-                Err(RecvTimeoutError::Timeout) => {}
+            let first = match rx.recv_timeout(wait) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
-            }
-            let mut items = group.first().map_or(0, |j| op_items(&j.op));
-            let room = |group: &Vec<Job>, items: usize| {
-                group.len() < self.config.max_group_jobs && items < self.config.max_group_items
             };
-            while room(&group, items) {
+            self.begin(&mut group);
+            let paced = first.is_some();
+            if let Some(job) = first {
+                self.apply(&mut group, job);
+            }
+            while self.has_room(&group) {
                 match rx.try_recv() {
-                    Ok(job) => {
-                        items += op_items(&job.op);
-                        group.push(job);
-                    }
+                    Ok(job) => self.apply(&mut group, job),
                     Err(_) => break,
                 }
             }
             // Pace the flushes (see `WriterConfig::flush_gap`): a group with room waits until the gap has passed
-            // since the previous flush ended, taking in what arrives meanwhile.
-            let mut closed = false;
+            // since the previous flush ended, applying what arrives meanwhile, so the wait overlaps useful work
+            // and only the write and the flush are left when it ends.
             if let Some(previous) = last_flush
-                && !group.is_empty()
+                && paced
             {
                 let due = previous + self.config.flush_gap;
-                while room(&group, items) {
+                while self.has_room(&group) {
                     let Some(left) = due.checked_duration_since(Instant::now()) else {
                         break;
                     };
                     match rx.recv_timeout(left) {
-                        Ok(job) => {
-                            items += op_items(&job.op);
-                            group.push(job);
-                        }
+                        Ok(job) => self.apply(&mut group, job),
                         Err(RecvTimeoutError::Timeout) => break,
                         Err(RecvTimeoutError::Disconnected) => {
                             closed = true;
@@ -305,8 +321,8 @@ impl Writer {
                     }
                 }
             }
-            let paced = !group.is_empty();
-            if !self.step(&mut group, &mut replies) || closed {
+            if !self.finish(&mut group) {
+                // Storage failure: what is still queued is refused below, the same way.
                 break;
             }
             if paced {
@@ -314,9 +330,13 @@ impl Writer {
             }
         }
         // Drain what is still queued (the HTTP side stopped sending), then leave a checkpoint for a fast restart.
-        let mut rest: Vec<Job> = rx.try_iter().collect();
+        let rest: Vec<Job> = rx.try_iter().collect();
         if !rest.is_empty() {
-            self.step(&mut rest, &mut replies);
+            self.begin(&mut group);
+            for job in rest {
+                self.apply(&mut group, job);
+            }
+            self.finish(&mut group);
         }
         if self.config.checkpoint_on_stop
             && !self.failed.load(Ordering::Acquire)
@@ -324,106 +344,130 @@ impl Writer {
         {
             self.checkpoint();
         }
+        self.stop();
+    }
+
+    /// Waits for the checkpoint in flight, if any (the writer is stopping).
+    fn stop(&mut self) {
         if let Some(h) = self.checkpointer.take() {
             let _ = h.join();
         }
     }
 
-    /// Applies one group, flushes, answers. Returns false when the writer must stop (storage failure).
-    fn step(&mut self, group: &mut Vec<Job>, replies: &mut Vec<Reply>) -> bool {
+    fn has_room(&self, group: &Group) -> bool {
+        group.jobs.len() < self.config.max_group_jobs && group.items < self.config.max_group_items
+    }
+
+    /// Starts a group: its timestamp, and the expiries due by it (recorded first, so replay expires them first).
+    fn begin(&mut self, group: &mut Group) {
+        debug_assert!(group.jobs.is_empty() && group.replies.is_empty());
         let started = Instant::now();
-        let now = now_ns();
-        replies.clear();
+        group.items = 0;
+        group.now = now_ns();
+        group.push_error = None;
         self.payload.clear();
-        let expired = self.state.expire(now, &mut self.payload);
-        let mut push_error = None;
+        let expired = self.state.expire(group.now, &mut self.payload);
         if expired > 0 {
             // However many expire at once, each record stays within the log's payload limit.
             for chunk in self.payload.chunks(crate::server::MAX_RECORD_PAYLOAD_BYTES) {
-                if let Err(e) = self.log.push(RecordKind::Expiries as u16, now, chunk) {
-                    push_error.get_or_insert(e);
+                if let Err(e) = self.log.push(RecordKind::Expiries as u16, group.now, chunk) {
+                    group.push_error.get_or_insert(e);
                 }
             }
             self.metrics.expired.increment(expired as u64);
         }
-        for job in group.iter() {
-            let reply = match &job.op {
-                Op::CreateAccounts(items) => {
-                    self.payload.clear();
-                    let r = match items {
-                        Items::Binary(b) => match Records::new(b) {
-                            Ok(recs) => {
-                                self.state
-                                    .create_accounts_records(recs, now, &mut self.payload)
-                            }
-                            Err(e) => unreachable!("the API checked the length: {e}"),
-                        },
-                        Items::Values(v) => self.state.create_accounts(v, now, &mut self.payload),
-                    };
-                    if !self.payload.is_empty()
-                        && let Err(e) =
-                            self.log
-                                .push(RecordKind::Accounts as u16, now, &self.payload)
-                    {
-                        push_error.get_or_insert(e);
-                    }
-                    self.metrics.count_results(RecordKind::Accounts, &r);
-                    Reply::Results(r)
+        group.apply_ns = started.elapsed().as_nanos() as u64;
+    }
+
+    /// Applies one job to the state and appends its records to the log's pending buffer; its answer is held until
+    /// the group is durable.
+    fn apply(&mut self, group: &mut Group, job: Job) {
+        let started = Instant::now();
+        let now = group.now;
+        group.items += op_items(&job.op);
+        let reply = match &job.op {
+            Op::CreateAccounts(items) => {
+                self.payload.clear();
+                let r = match items {
+                    Items::Binary(b) => match Records::new(b) {
+                        Ok(recs) => {
+                            self.state
+                                .create_accounts_records(recs, now, &mut self.payload)
+                        }
+                        Err(e) => unreachable!("the API checked the length: {e}"),
+                    },
+                    Items::Values(v) => self.state.create_accounts(v, now, &mut self.payload),
+                };
+                if !self.payload.is_empty()
+                    && let Err(e) = self
+                        .log
+                        .push(RecordKind::Accounts as u16, now, &self.payload)
+                {
+                    group.push_error.get_or_insert(e);
                 }
-                Op::CreateTransfers(items) => {
-                    self.payload.clear();
-                    let r = match items {
-                        Items::Binary(b) => match Records::new(b) {
-                            Ok(recs) => {
-                                self.state
-                                    .create_transfers_records(recs, now, &mut self.payload)
-                            }
-                            Err(e) => unreachable!("the API checked the length: {e}"),
-                        },
-                        Items::Values(v) => self.state.create_transfers(v, now, &mut self.payload),
-                    };
-                    if !self.payload.is_empty()
-                        && let Err(e) =
-                            self.log
-                                .push(RecordKind::Transfers as u16, now, &self.payload)
-                    {
-                        push_error.get_or_insert(e);
-                    }
-                    self.metrics.count_results(RecordKind::Transfers, &r);
-                    Reply::Results(r)
+                self.metrics.count_results(RecordKind::Accounts, &r);
+                Reply::Results(r)
+            }
+            Op::CreateTransfers(items) => {
+                self.payload.clear();
+                let r = match items {
+                    Items::Binary(b) => match Records::new(b) {
+                        Ok(recs) => {
+                            self.state
+                                .create_transfers_records(recs, now, &mut self.payload)
+                        }
+                        Err(e) => unreachable!("the API checked the length: {e}"),
+                    },
+                    Items::Values(v) => self.state.create_transfers(v, now, &mut self.payload),
+                };
+                if !self.payload.is_empty()
+                    && let Err(e) = self
+                        .log
+                        .push(RecordKind::Transfers as u16, now, &self.payload)
+                {
+                    group.push_error.get_or_insert(e);
                 }
-                Op::LookupAccounts(ids) => Reply::Accounts(
-                    ids.iter()
-                        .filter_map(|id| self.state.account(*id))
-                        .collect(),
-                ),
-                Op::LookupTransfers(ids) => Reply::Transfers(
-                    ids.iter()
-                        .filter_map(|id| self.state.transfer(*id))
-                        .collect(),
-                ),
-                Op::History { id, after, limit } => {
-                    let (page, next) = self.state.account_transfers(*id, *after, *limit);
-                    Reply::History(page, next)
-                }
-                Op::Status => Reply::Status(Box::new(self.status())),
-            };
-            replies.push(reply);
-        }
-        let applied_ns = started.elapsed().as_nanos() as u64;
-        let commit = match push_error {
+                self.metrics.count_results(RecordKind::Transfers, &r);
+                Reply::Results(r)
+            }
+            Op::LookupAccounts(ids) => Reply::Accounts(
+                ids.iter()
+                    .filter_map(|id| self.state.account(*id))
+                    .collect(),
+            ),
+            Op::LookupTransfers(ids) => Reply::Transfers(
+                ids.iter()
+                    .filter_map(|id| self.state.transfer(*id))
+                    .collect(),
+            ),
+            Op::History { id, after, limit } => {
+                let (page, next) = self.state.account_transfers(*id, *after, *limit);
+                Reply::History(page, next)
+            }
+            Op::Status => Reply::Status(Box::new(self.status())),
+        };
+        group.jobs.push(job);
+        group.replies.push(reply);
+        group.apply_ns += started.elapsed().as_nanos() as u64;
+    }
+
+    /// Writes and flushes the group, then answers every job. Returns false when the writer must stop (storage
+    /// failure).
+    fn finish(&mut self, group: &mut Group) -> bool {
+        let commit = match group.push_error.take() {
             // The state applied what the log could not take: same as a failed flush, the state is ahead of the disk.
             Some(e) => Err(e),
             None => self.log.commit(),
         };
         match commit {
-            Ok(stats) => self.committed(&stats, group.len(), applied_ns),
+            Ok(stats) => self.committed(&stats, group.jobs.len(), group.apply_ns),
             Err(e) => {
                 // A failed flush leaves the state ahead of the disk; the only safe way on is a restart that
                 // recovers from the log. Every job of this group, and every later one, is refused.
                 eprintln!("ledger-writer: storage failure, refusing all further writes: {e}");
                 self.failed.store(true, Ordering::Release);
-                for job in group.drain(..) {
+                group.replies.clear();
+                for job in group.jobs.drain(..) {
                     let _ = job
                         .reply
                         .send(Reply::Unavailable(format!("storage failure: {e}")));
@@ -431,7 +475,7 @@ impl Writer {
                 return false;
             }
         }
-        for (job, reply) in group.drain(..).zip(replies.drain(..)) {
+        for (job, reply) in group.jobs.drain(..).zip(group.replies.drain(..)) {
             // A client that went away does not matter: its write is durable either way.
             let _ = job.reply.send(reply);
         }
