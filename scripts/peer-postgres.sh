@@ -152,12 +152,13 @@ GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 GIT_DIRTY=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -vc "^?? " || true)
 log "cargo build --release --manifest-path $CRATE/Cargo.toml"
 timeout 3600 cargo build --release --locked --manifest-path "$CRATE/Cargo.toml" >&2
-cp "$CRATE/target/release/pg-ledger" "$WORK/pg-ledger"
+# Built where cargo put it: the adapter's own target dir, or CARGO_TARGET_DIR when set (CI shares the workspace's).
+cp "${CARGO_TARGET_DIR:-$CRATE/target}/release/pg-ledger" "$WORK/pg-ledger"
 if [[ $TEST_ONLY == 0 ]]; then
     log "cargo build --release -p refbench-loadgen"
     timeout 3600 cargo build --release -p refbench-loadgen >&2
     # A private copy: a concurrent build replacing target/release/loadgen cannot change the binary mid-run.
-    cp "$ROOT/target/release/loadgen" "$WORK/loadgen"
+    cp "${CARGO_TARGET_DIR:-$ROOT/target}/release/loadgen" "$WORK/loadgen"
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
