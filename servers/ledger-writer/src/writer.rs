@@ -398,15 +398,7 @@ impl Writer {
                     },
                     Items::Values(v) => self.state.create_accounts(v, now, &mut self.payload),
                 };
-                if !self.payload.is_empty()
-                    && let Err(e) = self
-                        .log
-                        .push(RecordKind::Accounts as u16, now, &self.payload)
-                {
-                    group.push_error.get_or_insert(e);
-                }
-                self.metrics.count_results(RecordKind::Accounts, &r);
-                Reply::Results(r)
+                self.logged(group, RecordKind::Accounts, r)
             }
             Op::CreateTransfers(items) => {
                 self.payload.clear();
@@ -420,15 +412,7 @@ impl Writer {
                     },
                     Items::Values(v) => self.state.create_transfers(v, now, &mut self.payload),
                 };
-                if !self.payload.is_empty()
-                    && let Err(e) = self
-                        .log
-                        .push(RecordKind::Transfers as u16, now, &self.payload)
-                {
-                    group.push_error.get_or_insert(e);
-                }
-                self.metrics.count_results(RecordKind::Transfers, &r);
-                Reply::Results(r)
+                self.logged(group, RecordKind::Transfers, r)
             }
             Op::LookupAccounts(ids) => Reply::Accounts(
                 ids.iter()
@@ -449,6 +433,18 @@ impl Writer {
         group.jobs.push(job);
         group.replies.push(reply);
         group.apply_ns += started.elapsed().as_nanos() as u64;
+    }
+
+    /// Appends what a create applied (in `payload`) to the log as one `kind` record, counts its results, and
+    /// makes its answer.
+    fn logged(&mut self, group: &mut Group, kind: RecordKind, results: Vec<ItemResult>) -> Reply {
+        if !self.payload.is_empty()
+            && let Err(e) = self.log.push(kind as u16, group.now, &self.payload)
+        {
+            group.push_error.get_or_insert(e);
+        }
+        self.metrics.count_results(kind, &results);
+        Reply::Results(results)
     }
 
     /// Writes and flushes the group, then answers every job. Returns false when the writer must stop (storage
