@@ -17,8 +17,9 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -47,6 +48,14 @@ pub const MAX_PENDING_LIMIT_BYTES: u64 = 4 << 30;
 pub const MAX_SEGMENTS: usize = 1_000_000;
 /// After a commit, the pending buffer keeps at most this much capacity, so one huge commit does not pin memory.
 const KEEP_PENDING_CAPACITY_BYTES: usize = 64 << 20;
+/// The byte preallocated segment space is filled with ahead of the records (see [`LogConfig::preallocate_bytes`]).
+/// Not zero, so that zeros keep meaning "lost": a lost sector reads back as zeros, never as fill; and not `R`, the
+/// first byte of [`RECORD_MAGIC`], so fill never starts a record.
+pub const FILL_BYTE: u8 = 0xFF;
+/// Largest allowed `preallocate_bytes`.
+pub const MAX_PREALLOCATE_BYTES: u64 = 256 << 20;
+/// Fill is written from a buffer of at most this size, reused for every extension.
+const FILL_BUFFER_BYTES: usize = 1 << 20;
 /// Alignment and size of the zeroed blocks the damage classifier looks for (a lost sector or page reads as zeros).
 const ZERO_SECTOR_BYTES: usize = 512;
 
@@ -80,11 +89,17 @@ pub struct LogConfig {
     pub max_pending_bytes: u64,
     /// What recovery does with damage that is not a torn tail.
     pub on_damage: OnDamage,
+    /// 0: segments grow with each commit (every `fdatasync` then also commits the file's new size to the file
+    /// system journal). Otherwise a commit that writes past the segment's allocated end also writes this many bytes
+    /// of [`FILL_BYTE`] after its records (capped at `segment_bytes`), and the commits that follow overwrite fill in
+    /// place: their `fdatasync` carries only data, one device flush instead of a journal commit plus flushes. The
+    /// scanner reads fill after the last record as the end of the log. At most [`MAX_PREALLOCATE_BYTES`].
+    pub preallocate_bytes: u64,
 }
 
 impl LogConfig {
     /// The defaults for a data directory: `DATA_DIR/log`, `DATA_DIR/quarantine`, 64 MiB segments, 16 MiB payloads,
-    /// 256 MiB pending, [`OnDamage::Truncate`].
+    /// 256 MiB pending, [`OnDamage::Truncate`], no preallocation.
     pub fn new(data_dir: &Path) -> Self {
         Self {
             dir: data_dir.join("log"),
@@ -93,6 +108,7 @@ impl LogConfig {
             max_record_payload_bytes: DEFAULT_MAX_RECORD_PAYLOAD_BYTES,
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
             on_damage: OnDamage::Truncate,
+            preallocate_bytes: 0,
         }
     }
 
@@ -126,6 +142,12 @@ impl LogConfig {
                 self.max_pending_bytes
             ));
         }
+        if self.preallocate_bytes > MAX_PREALLOCATE_BYTES {
+            return bad(format!(
+                "preallocate_bytes = {} is more than {MAX_PREALLOCATE_BYTES}",
+                self.preallocate_bytes
+            ));
+        }
         Ok(())
     }
 }
@@ -157,8 +179,8 @@ pub struct RecordRef<'a> {
 /// Whether damage is the expected aftermath of a crash or something else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DamageClass {
-    /// An incomplete record (or zeros) at the very end of the last segment with nothing valid after it: a crash
-    /// during a write whose commit never returned.
+    /// An incomplete record (or zeros) at the very end of the last segment with nothing valid after it (only
+    /// preallocated fill, if anything): a crash during a write whose commit never returned.
     TornTail,
     /// Anything else: bit rot, lost blocks, a removed segment, tampering.
     Corruption,
@@ -176,8 +198,9 @@ impl fmt::Display for DamageClass {
 /// What was wrong at the damaged position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DamageReason {
-    /// The record is cut short: fewer than a header's bytes remain, its length runs past the end of the segment,
-    /// or (`next_record_offset`) a valid record starts inside the length its header claims.
+    /// The record is cut short: fewer than a header's bytes remain, its length runs past the end of the segment
+    /// or into never-written preallocated fill, or (`next_record_offset`) a valid record starts inside the length
+    /// its header claims.
     Truncated {
         /// Offset of a valid record that starts inside this one's claimed length, if any.
         next_record_offset: Option<u64>,
@@ -353,6 +376,8 @@ pub struct CommitStats {
     pub bytes: u64,
     /// New segment files created.
     pub segments_created: u32,
+    /// Fill bytes written after the records to extend a segment's allocated end.
+    pub preallocated_bytes: u64,
     /// Time in `write` calls.
     pub write_ns: u64,
     /// Time in `fdatasync` of segment files and `fsync` of the directory.
@@ -687,6 +712,15 @@ fn zero_sector(buf: &[u8], from: usize, to: usize) -> Option<usize> {
     None
 }
 
+/// The offset just after the last byte at or after `from` that is not [`FILL_BYTE`] (`from` when all of it is fill):
+/// where written bytes end and never-written preallocated space begins.
+fn fill_end(buf: &[u8], from: usize) -> usize {
+    buf[from..]
+        .iter()
+        .rposition(|&b| b != FILL_BYTE)
+        .map_or(from, |p| from + p + 1)
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Segment files and the scanner shared by recovery and verify.
 
@@ -779,6 +813,9 @@ struct Walked {
     head_hash: [u8; 32],
     anchor_seen: bool,
     found: Option<Found>,
+    /// Per segment read, the offset where its records end: the first fill byte of a preallocated tail, else the
+    /// length read. (For the damaged segment, the length read.)
+    ends: Vec<u64>,
 }
 
 /// Reads `segments` in order, checking every record (CRC, seq density, chain, the checkpoint anchor), handing
@@ -857,10 +894,16 @@ fn walk(
         read_segment(segment, &mut bufs[cur])?;
         w.segments += 1;
         let buf = &bufs[cur];
+        w.ends.push(buf.len() as u64);
         let mut off = 0;
         while off < buf.len() {
             let header = match parse_record(buf, off) {
                 Ok(header) => header,
+                // Nothing but fill from here on: the preallocated, never-written end of this segment.
+                Err(_) if fill_end(buf, off) == off => {
+                    *w.ends.last_mut().expect("pushed above") = off as u64;
+                    break;
+                }
                 Err(bad) => {
                     w.found = Some(Found {
                         seg: i,
@@ -978,6 +1021,13 @@ fn classify(segments: &[SegmentFile], found: &Found) -> Result<Damage, LogError>
     read_segment(segment, &mut buf)?;
     let off = found.off.min(buf.len());
     let (parsable, first_valid) = count_parsable(&buf, off);
+    // Bytes after `written` are preallocated fill that no write reached: a record running into them was cut short
+    // by a crash just as one running past the end of the file is.
+    let written = fill_end(&buf, off);
+    let runs_into_fill = match found.bad.claimed_end {
+        Some(end) => end > written,
+        None => written - off < RECORD_HEADER_BYTES,
+    };
     let mut reason = found.bad.reason.clone();
     if matches!(
         reason,
@@ -992,6 +1042,10 @@ fn classify(segments: &[SegmentFile], found: &Found) -> Result<Damage, LogError>
             reason = DamageReason::Truncated {
                 next_record_offset: Some(p as u64),
             };
+        } else if reason == DamageReason::CrcMismatch && runs_into_fill {
+            reason = DamageReason::Truncated {
+                next_record_offset: None,
+            };
         } else if reason == DamageReason::CrcMismatch {
             let end = found.bad.claimed_end.unwrap_or(buf.len());
             if let Some(z) = zero_sector(&buf, off, end) {
@@ -1000,10 +1054,10 @@ fn classify(segments: &[SegmentFile], found: &Found) -> Result<Damage, LogError>
         }
     }
     let is_last = found.seg + 1 == segments.len();
-    let zero_tail = buf[off..].iter().all(|&b| b == 0);
+    let zero_tail = buf[off..written].iter().all(|&b| b == 0);
     let torn = is_last
         && parsable == 0
-        && (found.bad.incomplete || zero_tail)
+        && (found.bad.incomplete || runs_into_fill || zero_tail)
         && !matches!(
             reason,
             DamageReason::MissingRecords { .. } | DamageReason::ChainBreak
@@ -1161,7 +1215,10 @@ struct Current {
     first_seq: u64,
     path: PathBuf,
     file: File,
+    /// Where the records end; the next commit writes here.
     durable_len: u64,
+    /// The file's length: records, then (when preallocating) fill up to here.
+    allocated_len: u64,
 }
 
 /// Test seam: an injected failure of the next commit.
@@ -1190,6 +1247,8 @@ pub struct Log {
     durable_next_seq: u64,
     durable_head_hash: [u8; 32],
     poisoned: Option<String>,
+    /// [`FILL_BYTE`]s, written after the records to preallocate (empty until the first extension).
+    fill: Vec<u8>,
     #[cfg(test)]
     fault: Option<Fault>,
 }
@@ -1273,18 +1332,35 @@ impl Log {
             Some(i) => {
                 let path = segments[i].path.clone();
                 let file = OpenOptions::new()
-                    .append(true)
+                    .write(true)
                     .open(&path)
                     .map_err(io_err("open segment", &path))?;
-                let durable_len = file
+                let allocated_len = file
                     .metadata()
                     .map_err(io_err("stat segment", &path))?
                     .len();
+                // Where its records end: a repair cut the file there; else the scan saw the end (before any fill).
+                let durable_len = match &damage {
+                    Some(d) if d.offset > 0 && i == start + walked.found.as_ref().map_or(0, |f| f.seg) => {
+                        d.offset
+                    }
+                    _ => i
+                        .checked_sub(start)
+                        .and_then(|k| walked.ends.get(k).copied())
+                        .ok_or_else(|| LogError::Config {
+                            what: format!(
+                                "internal: segment {} was not scanned, so where its records end is unknown",
+                                path.display()
+                            ),
+                        })?,
+                };
+                assert!(durable_len <= allocated_len, "records end within the file");
                 Some(Current {
                     first_seq: segments[i].first_seq,
                     path,
                     file,
                     durable_len,
+                    allocated_len,
                 })
             }
         };
@@ -1309,6 +1385,7 @@ impl Log {
             durable_next_seq: walked.next_seq,
             durable_head_hash: walked.head_hash,
             poisoned: None,
+            fill: Vec::new(),
             cfg,
             dir,
             #[cfg(test)]
@@ -1406,7 +1483,7 @@ impl Log {
                 let first_seq = self.splits[i - 1].1;
                 let path = self.cfg.dir.join(segment_file_name(first_seq));
                 let file = OpenOptions::new()
-                    .append(true)
+                    .write(true)
                     .create_new(true)
                     .open(&path)
                     .map_err(io_err("create segment", &path))?;
@@ -1419,6 +1496,7 @@ impl Log {
                     path,
                     file,
                     durable_len: 0,
+                    allocated_len: 0,
                 });
             }
             if to > from {
@@ -1439,8 +1517,29 @@ impl Log {
                 }
                 current
                     .file
-                    .write_all(&self.pending[from..to])
+                    .write_all_at(&self.pending[from..to], current.durable_len)
                     .map_err(io_err("write segment", &current.path))?;
+                let end = current.durable_len + (to - from) as u64;
+                let prealloc = self.cfg.preallocate_bytes;
+                if prealloc > 0 && end > current.allocated_len {
+                    // Past the allocated end: extend it in the same commit, so that the next commits only overwrite.
+                    let target = (end + prealloc).min(self.cfg.segment_bytes).max(end);
+                    if self.fill.is_empty() {
+                        self.fill = vec![FILL_BYTE; (prealloc as usize).min(FILL_BUFFER_BYTES)];
+                    }
+                    let mut at = end;
+                    while at < target {
+                        let n = (target - at).min(self.fill.len() as u64) as usize;
+                        current
+                            .file
+                            .write_all_at(&self.fill[..n], at)
+                            .map_err(io_err("preallocate segment", &current.path))?;
+                        at += n as u64;
+                    }
+                    stats.preallocated_bytes += target - end;
+                    current.allocated_len = target;
+                }
+                current.allocated_len = current.allocated_len.max(end);
                 stats.write_ns += t.elapsed().as_nanos() as u64;
                 let t = Instant::now();
                 #[cfg(test)]
@@ -1456,7 +1555,7 @@ impl Log {
                     .sync_data()
                     .map_err(io_err("fdatasync segment", &current.path))?;
                 stats.fsync_ns += t.elapsed().as_nanos() as u64;
-                current.durable_len += (to - from) as u64;
+                current.durable_len = end;
             }
             from = to;
         }

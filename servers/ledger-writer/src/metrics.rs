@@ -25,6 +25,8 @@ pub struct LedgerMetrics {
     pub records: Counter,
     /// `ledger_log_bytes_total`: log bytes written.
     pub log_bytes: Counter,
+    /// `ledger_preallocated_bytes_total`: fill written ahead of the records (`--preallocate-bytes`).
+    pub preallocated_bytes: Counter,
     /// `ledger_commits_total`: group flushes.
     pub commits: Counter,
     /// `ledger_expired_total`: pending transfers expired.
@@ -62,6 +64,7 @@ impl LedgerMetrics {
             apply_seconds: histogram!("ledger_apply_seconds"),
             records: counter!("ledger_records_total"),
             log_bytes: counter!("ledger_log_bytes_total"),
+            preallocated_bytes: counter!("ledger_preallocated_bytes_total"),
             commits: counter!("ledger_commits_total"),
             expired: counter!("ledger_expired_total"),
             checkpoints: counter!("ledger_checkpoints_total"),
@@ -99,6 +102,7 @@ impl LedgerMetrics {
             self.fsync_seconds.record(stats.fsync_ns as f64 / 1e9);
             self.records.increment(stats.records);
             self.log_bytes.increment(stats.bytes);
+            self.preallocated_bytes.increment(stats.preallocated_bytes);
             self.commits.increment(1);
         }
     }

@@ -53,6 +53,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     pub segment_bytes: u64,
 
+    /// Segment space written ahead of the records (0 = segments grow with every flush). A flush that only
+    /// overwrites preallocated space syncs data alone; one that grows the file also commits its new size to the
+    /// file system journal. See `LogConfig::preallocate_bytes`.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_PREALLOCATE_BYTES)]
+    pub preallocate_bytes: u64,
+
     /// A checkpoint is written after this many log bytes, or after as many as the last checkpoint's size if that is
     /// larger (so checkpoint writes never exceed log writes); bounds the replay on restart.
     #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
@@ -127,6 +133,8 @@ pub struct ServePlan {
     pub data_dir: Option<PathBuf>,
     /// Log layout.
     pub segment_bytes: u64,
+    /// Segment space written ahead of the records.
+    pub preallocate_bytes: u64,
     /// What recovery does with damage.
     pub on_damage: DamagePolicy,
     /// Writer batching and checkpoints (its `data_dir` is filled in at start).
@@ -153,6 +161,8 @@ const MAX_THREADS: usize = 256;
 const MAX_FLUSH_GAP_US: u64 = 100_000;
 /// See `WriterConfig::flush_gap`; chosen with `profiles/ledger-flush-gap.toml`.
 const DEFAULT_FLUSH_GAP_US: u64 = 1000;
+/// See `LogConfig::preallocate_bytes`: one journal commit per MiB of log instead of one per flush.
+const DEFAULT_PREALLOCATE_BYTES: u64 = 1 << 20;
 
 impl ServeArgs {
     /// Validates the flags once; errors name the flag.
@@ -188,6 +198,12 @@ impl ServeArgs {
         )?;
         range("--max-group-items", self.max_group_items as u64, 1, 1 << 24)?;
         range("--flush-gap-us", self.flush_gap_us, 0, MAX_FLUSH_GAP_US)?;
+        range(
+            "--preallocate-bytes",
+            self.preallocate_bytes,
+            0,
+            crate::log::MAX_PREALLOCATE_BYTES,
+        )?;
         range("--max-accounts", self.max_accounts as u64, 1, 1 << 32)?;
         range("--max-transfers", self.max_transfers as u64, 1, 1 << 32)?;
         range("--threads", self.threads as u64, 1, MAX_THREADS as u64)?;
@@ -203,6 +219,7 @@ impl ServeArgs {
             admin_bind: self.admin_bind,
             data_dir: self.data_dir.clone(),
             segment_bytes: self.segment_bytes,
+            preallocate_bytes: self.preallocate_bytes,
             on_damage: self.on_damage,
             writer: WriterConfig {
                 max_group_jobs: self.max_group_jobs,
@@ -251,6 +268,7 @@ pub struct Recovered {
 pub fn open_ledger(
     data_dir: &Path,
     segment_bytes: u64,
+    preallocate_bytes: u64,
     on_damage: DamagePolicy,
     limits: Limits,
 ) -> Result<Recovered, LedgerError> {
@@ -262,6 +280,7 @@ pub fn open_ledger(
     })?;
     let cfg = LogConfig {
         segment_bytes,
+        preallocate_bytes,
         // Every record the writer makes is one request's applied items or one chunk of expiries, both at most a
         // full batch of 128-byte records; a tighter limit lets small segments work.
         max_record_payload_bytes: MAX_RECORD_PAYLOAD_BYTES as u32,
@@ -462,7 +481,13 @@ pub async fn start(plan: &ServePlan, shutdown: Shutdown) -> Result<Started, Ledg
             (t.path().to_path_buf(), Some(t))
         }
     };
-    let rec = open_ledger(&data_dir, plan.segment_bytes, plan.on_damage, plan.limits)?;
+    let rec = open_ledger(
+        &data_dir,
+        plan.segment_bytes,
+        plan.preallocate_bytes,
+        plan.on_damage,
+        plan.limits,
+    )?;
     eprintln!(
         "ledger-writer: recovered {} in {:.3} s: checkpoint {:?}, {} records replayed, {} records in the log{}",
         data_dir.display(),

@@ -580,7 +580,8 @@ mod tests {
             max_accounts: 16,
             max_transfers: 16,
         };
-        let rec = open_ledger(dir, 1 << 20, DamagePolicy::Refuse, limits).expect("open ledger");
+        let rec =
+            open_ledger(dir, 1 << 20, 64 << 10, DamagePolicy::Refuse, limits).expect("open ledger");
         let cfg = WriterConfig {
             max_group_jobs,
             max_group_items: 1 << 16,

@@ -45,6 +45,23 @@ fn cfg(data: &Path) -> LogConfig {
     }
 }
 
+/// [`cfg`] with preallocated segments: 3000 bytes of fill ahead of the records (not a divisor of the segment size,
+/// so extensions end at odd offsets and the last one is capped by `segment_bytes`).
+fn pcfg(data: &Path) -> LogConfig {
+    LogConfig {
+        preallocate_bytes: 3000,
+        ..cfg(data)
+    }
+}
+
+/// [`pcfg`] with segments large enough that records appended after a reopen land in the same segment.
+fn pcfg_roomy(data: &Path) -> LogConfig {
+    LogConfig {
+        segment_bytes: 32 << 10,
+        ..pcfg(data)
+    }
+}
+
 /// Varied sizes (including empty) and never a zero byte, so damage classification is not fooled by the data.
 fn payload(seq: u64) -> Vec<u8> {
     let len = if seq % 50 == 7 {
@@ -139,7 +156,8 @@ fn layout(log_dir: &Path) -> Vec<Seg> {
             let bytes = fs::read(&path).expect("read segment");
             let mut records = Vec::new();
             let mut off = 0usize;
-            while off + 64 <= bytes.len() {
+            // Records end at the end of the file or at preallocated fill (anything without the magic).
+            while off + 64 <= bytes.len() && bytes[off..off + 4] == *b"RBLG" {
                 let len =
                     u32::from_le_bytes(bytes[off + 16..off + 20].try_into().expect("4")) as usize;
                 let seq = u64::from_le_bytes(bytes[off + 8..off + 16].try_into().expect("8"));
@@ -249,6 +267,7 @@ fn records_of_any_size_fill_segments_without_spanning() {
 
 /// Cuts the last segment (as a crash mid-write would) and checks verify, recovery and what follows.
 fn check_torn_tail(
+    make: fn(&Path) -> LogConfig,
     cut: impl Fn(&Seg) -> (u64, u64),
     on_damage: OnDamage,
     expect: impl Fn(&DamageReason) -> bool,
@@ -256,7 +275,7 @@ fn check_torn_tail(
     let data = tempfile::tempdir().expect("tempdir");
     let c = LogConfig {
         on_damage,
-        ..cfg(data.path())
+        ..make(data.path())
     };
     let n = 200;
     let hashes = build(&c, n);
@@ -327,6 +346,7 @@ fn truncate_last(seg: &Seg, at: impl Fn(u64, u64) -> u64) -> (u64, u64) {
 #[test]
 fn torn_tail_inside_payload_is_cut() {
     check_torn_tail(
+        cfg,
         |s| truncate_last(s, |off, total| off + total - 1),
         OnDamage::Truncate,
         |r| {
@@ -340,6 +360,7 @@ fn torn_tail_inside_payload_is_cut() {
 #[test]
 fn torn_tail_inside_header_is_cut_even_in_refuse_mode() {
     check_torn_tail(
+        cfg,
         |s| truncate_last(s, |off, _| off + 30),
         OnDamage::Refuse,
         |r| {
@@ -353,6 +374,7 @@ fn torn_tail_inside_header_is_cut_even_in_refuse_mode() {
 #[test]
 fn zero_extended_tail_is_a_torn_tail() {
     check_torn_tail(
+        cfg,
         |s| {
             let mut bytes = fs::read(&s.path).expect("read");
             let end = bytes.len() as u64;
@@ -364,6 +386,245 @@ fn zero_extended_tail_is_a_torn_tail() {
         OnDamage::Truncate,
         |r| matches!(r, DamageReason::ZeroFilled { .. }),
     );
+}
+
+/// The bytes of `seg` after its last record: all fill, and the file no longer than a segment.
+fn assert_fill_tail(c: &LogConfig, seg: &Seg) {
+    let bytes = fs::read(&seg.path).expect("read");
+    let end = seg.records.last().map_or(0, |&(off, _, total)| off + total) as usize;
+    assert!(bytes.len() as u64 <= c.segment_bytes, "{}", seg.name);
+    assert!(
+        bytes[end..].iter().all(|&b| b == log::FILL_BYTE),
+        "{}: only fill after the records (from {end} to {})",
+        seg.name,
+        bytes.len()
+    );
+}
+
+#[test]
+fn preallocated_segments_round_trip_and_append_in_place() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let c = pcfg_roomy(data.path());
+    let (mut log, _, _) = open(&c, None).expect("open");
+    log.push(1, 1, &payload(1)).expect("push");
+    let first = log.commit().expect("commit");
+    assert_eq!(
+        first.preallocated_bytes, 3000,
+        "the first commit allocates ahead"
+    );
+    log.push(1, 2, &payload(2)).expect("push");
+    let second = log.commit().expect("commit");
+    assert_eq!(
+        second.preallocated_bytes, 0,
+        "the next one overwrites fill: {second:?}"
+    );
+    drop(log);
+    fs::remove_dir_all(&c.dir).expect("start over");
+
+    let n = 300;
+    let hashes = build(&c, n);
+    let segs = layout(&c.dir);
+    assert!(segs.len() >= 3, "several segments: {}", segs.len());
+    let mut filled = 0;
+    for s in &segs {
+        assert_fill_tail(&c, s);
+        let len = fs::metadata(&s.path).expect("stat").len();
+        let end = s.records.last().map_or(0, |&(off, _, total)| off + total);
+        filled += u64::from(len > end);
+    }
+    assert!(
+        filled >= segs.len() as u64 / 2,
+        "most segments end in fill: {filled}"
+    );
+    let last = segs.last().expect("segments").clone();
+    assert!(
+        fs::metadata(&last.path).expect("stat").len()
+            > last.records.last().map_or(0, |r| r.0 + r.2),
+        "the last segment has fill ahead of its records"
+    );
+
+    // Fill is the end of the log, not damage: nothing is cut, and new records go right after the old ones.
+    let (mut log, report, seen) = open(&c, None).expect("reopen");
+    assert!(report.damage.is_none(), "{report:?}");
+    assert_replayed(&seen, 0, n);
+    assert_eq!(log.head(), (n, hashes[n as usize - 1]));
+    let v = verify(&c.dir, None, |_| {});
+    assert!(v.ok, "{:?}", v.errors);
+    assert_eq!((v.records, v.head_hash), (n, hashes[n as usize - 1]));
+    append(&mut log, n, n + 40);
+    let pos = log.durable_position();
+    let v = verify(&c.dir, Some(&pos), |_| {});
+    assert!(v.ok, "{:?}", v.errors);
+    assert_eq!(v.records, n + 40);
+    drop(log);
+    let after = layout(&c.dir);
+    let resumed = after
+        .iter()
+        .find(|s| s.name == last.name)
+        .expect("the last segment is still there");
+    assert_eq!(
+        &resumed.records[..last.records.len()],
+        &last.records[..],
+        "old records untouched"
+    );
+    let &(off, seq, _) = resumed
+        .records
+        .get(last.records.len())
+        .expect("the first new record went to the last segment");
+    let &(loff, lseq, ltotal) = last.records.last().expect("records");
+    assert_eq!(
+        (off, seq),
+        (loff + ltotal, lseq + 1),
+        "appended right after"
+    );
+    for s in &after {
+        assert_fill_tail(&c, s);
+    }
+    let (_, report, seen) = open(&c, None).expect("reopen");
+    assert!(report.damage.is_none(), "{report:?}");
+    assert_replayed(&seen, 0, n + 40);
+}
+
+/// Overwrites `seg` from `from` to its end with fill: a write that never reached the disk past `from`.
+fn unwrite(seg: &Seg, from: u64) {
+    let mut bytes = fs::read(&seg.path).expect("read");
+    bytes[from as usize..].fill(log::FILL_BYTE);
+    fs::write(&seg.path, &bytes).expect("write");
+}
+
+#[test]
+fn record_torn_into_preallocated_fill_is_a_torn_tail() {
+    check_torn_tail(
+        pcfg,
+        |s| {
+            let &(off, seq, total) = s.records.last().expect("records");
+            assert!(total > 64, "a record with a payload");
+            unwrite(s, off + total - 1);
+            (off, seq)
+        },
+        OnDamage::Refuse,
+        |r| {
+            *r == DamageReason::Truncated {
+                next_record_offset: None,
+            }
+        },
+    );
+}
+
+#[test]
+fn header_torn_into_preallocated_fill_is_a_torn_tail() {
+    check_torn_tail(
+        pcfg,
+        |s| {
+            let &(off, seq, _) = s.records.last().expect("records");
+            unwrite(s, off + 30);
+            (off, seq)
+        },
+        OnDamage::Refuse,
+        |r| {
+            *r == DamageReason::Truncated {
+                next_record_offset: None,
+            }
+        },
+    );
+}
+
+#[test]
+fn zeros_before_preallocated_fill_are_a_torn_tail() {
+    check_torn_tail(
+        pcfg,
+        |s| {
+            let &(off, seq, total) = s.records.last().expect("records");
+            let end = off + total;
+            let mut bytes = fs::read(&s.path).expect("read");
+            let zeros = (bytes.len() as u64 - end).min(512) as usize;
+            assert!(zeros > 64, "room for a zeroed header before the fill");
+            bytes[end as usize..end as usize + zeros].fill(0);
+            fs::write(&s.path, &bytes).expect("write");
+            (end, seq + 1)
+        },
+        OnDamage::Truncate,
+        |r| matches!(r, DamageReason::ZeroFilled { .. }),
+    );
+}
+
+#[test]
+fn bit_flip_in_the_last_record_before_fill_is_corruption() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let c = LogConfig {
+        on_damage: OnDamage::Refuse,
+        ..pcfg(data.path())
+    };
+    build(&c, 200);
+    let last = layout(&c.dir).pop().expect("segments");
+    let &(off, seq, total) = last.records.last().expect("records");
+    assert!(total > 64, "a record with a payload");
+    let mut bytes = fs::read(&last.path).expect("read");
+    bytes[(off + total - 1) as usize] ^= 0x10;
+    fs::write(&last.path, &bytes).expect("write");
+    // Every byte of the record was written, so this is not a crash mid-write: refused, never cut silently.
+    match open(&c, None) {
+        Err(LogError::Damaged { damage }) => {
+            assert_eq!((damage.offset, damage.seq), (off, seq), "{damage:?}");
+            assert_eq!(damage.reason, DamageReason::CrcMismatch, "{damage:?}");
+        }
+        other => panic!("want a refusal, got {:?}", other.map(|r| r.1)),
+    }
+    assert_eq!(
+        fs::read(&last.path).expect("read"),
+        bytes,
+        "nothing changed"
+    );
+}
+
+#[test]
+fn after_a_cut_segment_the_previous_one_is_appended_after_its_records_not_its_fill() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let c = pcfg_roomy(data.path());
+    build(&c, 300);
+    let segs = layout(&c.dir);
+    let (prev, last) = (&segs[segs.len() - 2], &segs[segs.len() - 1]);
+    assert!(
+        fs::metadata(&prev.path).expect("stat").len()
+            > prev.records.last().map_or(0, |r| r.0 + r.2),
+        "the previous segment ends in fill"
+    );
+    // Damage at offset 0 of the last segment: the default policy moves the whole file to quarantine.
+    let mut bytes = fs::read(&last.path).expect("read");
+    bytes[0] ^= 0x01;
+    fs::write(&last.path, &bytes).expect("write");
+    let kept = last.records[0].1;
+    // The previous segment was closed because the next record did not fit; larger segments from now on give it
+    // room, so the next record goes right after its last one (and not after its fill).
+    let c = LogConfig {
+        segment_bytes: 64 << 10,
+        ..c
+    };
+    let (mut log, report, seen) = open(&c, None).expect("recovery");
+    assert!(report.corruption(), "{report:?}");
+    assert_replayed(&seen, 0, kept);
+    assert!(!last.path.exists(), "moved to quarantine");
+    append(&mut log, kept, kept + 20);
+    drop(log);
+    let after = layout(&c.dir);
+    let resumed = after
+        .iter()
+        .find(|s| s.name == prev.name)
+        .expect("previous segment");
+    let &(loff, lseq, ltotal) = prev.records.last().expect("records");
+    assert_eq!(
+        resumed.records.get(prev.records.len()).map(|r| (r.0, r.1)),
+        Some((loff + ltotal, lseq + 1)),
+        "the next record follows the previous segment's last one"
+    );
+    let (_, report, seen) = open(&c, None).expect("reopen");
+    assert!(
+        report.damage.is_none(),
+        "new records follow the old ones: {report:?}"
+    );
+    assert_replayed(&seen, 0, kept + 20);
+    let v = verify(&c.dir, None, |_| {});
+    assert!(v.ok, "{:?}", v.errors);
 }
 
 /// What a middle-damage case expects.
