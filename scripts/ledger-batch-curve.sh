@@ -13,11 +13,12 @@
 #
 # Usage: scripts/ledger-batch-curve.sh [--quick]
 #   env DUR seconds per run (10), CONNS closed-loop connections of batched runs (16), SINGLE_CONNS closed-loop
-#       connections of single transfers (64: the writer paces its flushes, so 16 connections would cap single
-#       transfers near 16 per flush whatever the server could do), OPEN_CONNS connections of the
+#       connections of single transfers (64: a writer that paces its flushes caps 16 connections near 16 transfers
+#       per flush whatever the server could do), OPEN_CONNS connections of the
 #       open-loop run (256: each lane sends on its own schedule, so with few lanes a request waits for its lane's
 #       previous response and the loader, not the server, makes the tail), ROUNDS (3; the median round is
-#       reported), FLUSH_GAP_US the server's --flush-gap-us (1000, its default), OUT
+#       reported), SERVER_ARGS extra server flags, space-separated (none: the server's defaults, e.g.
+#       SERVER_ARGS="--flush-pacing fixed --preallocate-bytes 0" for the previous ones), OUT
 #       (results/baselines/ledger-batch-curve.json), KEEP_TMP=1 keeps the temporary folder.
 #   --quick: ROUNDS=1 DUR=3, OUT defaults to ${TMPDIR:-/tmp}/ledger-batch-curve.quick.json.
 # All traffic goes to 127.0.0.1; every run is bounded by DUR, the profile's caps and `timeout`.
@@ -54,7 +55,9 @@ fi
 CONNS=${CONNS:-16}
 SINGLE_CONNS=${SINGLE_CONNS:-64}
 OPEN_CONNS=${OPEN_CONNS:-256}
-FLUSH_GAP_US=${FLUSH_GAP_US:-1000}
+SERVER_ARGS=${SERVER_ARGS:-}
+read -r -a SERVER_ARGV <<<"$SERVER_ARGS"
+SERVER_ARGS_TOML=$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))' ${SERVER_ARGV[@]+"${SERVER_ARGV[@]}"})
 BATCHES=(1 10 100 1000 8190)
 
 command -v python3 >/dev/null || { echo "ledger-batch-curve: needs python3" >&2; exit 2; }
@@ -90,7 +93,7 @@ max_duration_s = $((DUR * 3 + 60))
 enabled = false
 [targets.ledger]
 builtin = "ledger"
-args = ["--flush-gap-us", "$FLUSH_GAP_US"]
+args = $SERVER_ARGS_TOML
 [[phases]]
 name = "warmup"
 target = "ledger"
@@ -156,9 +159,9 @@ for round in $(seq 1 "$ROUNDS"); do
     RESULTS+=("half:1:$round:$(run "half-b1-r$round")")
 done
 
-python3 - "$OUT" "$HALF" "$DUR" "$CONNS" "$ROUNDS" "$*" "$OPEN_CONNS" "$SINGLE_CONNS" "$FLUSH_GAP_US" "${RESULTS[@]}" <<'EOF'
+python3 - "$OUT" "$HALF" "$DUR" "$CONNS" "$ROUNDS" "$*" "$OPEN_CONNS" "$SINGLE_CONNS" "$SERVER_ARGS_TOML" "${RESULTS[@]}" <<'EOF'
 import json, os, platform, statistics, subprocess, sys, time
-out, half, dur, conns, rounds, args, open_conns, single_conns, flush_gap_us = sys.argv[1:10]
+out, half, dur, conns, rounds, args, open_conns, single_conns, server_args = sys.argv[1:10]
 runs = {}
 host = None
 for arg in sys.argv[10:]:
@@ -210,7 +213,7 @@ doc = {
     "command": f"scripts/ledger-batch-curve.sh {args}".strip(),
     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     "git": {"commit": commit, "dirty": dirty},
-    "settings": {"duration_s": int(dur), "connections": int(conns), "single_transfer_connections": int(single_conns), "open_loop_connections": int(open_conns), "server_flush_gap_us": int(flush_gap_us), "rounds": int(rounds), "half_capacity_rps": float(half)},
+    "settings": {"duration_s": int(dur), "connections": int(conns), "single_transfer_connections": int(single_conns), "open_loop_connections": int(open_conns), "server_args": json.loads(server_args), "rounds": int(rounds), "half_capacity_rps": float(half)},
     "host": host,
     "curve": curve,
 }

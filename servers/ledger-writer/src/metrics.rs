@@ -1,6 +1,6 @@
 //! The ledger's Prometheus metrics, resolved once so the hot path only bumps atomics.
 
-use metrics::{Counter, Histogram, counter, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 use crate::log::CommitStats;
 use crate::types::{ItemResult, RecordKind, ResultCode};
@@ -29,6 +29,8 @@ pub struct LedgerMetrics {
     pub preallocated_bytes: Counter,
     /// `ledger_commits_total`: group flushes.
     pub commits: Counter,
+    /// `ledger_flush_gap_seconds`: the gap the writer leaves between flushes now (`--flush-pacing`).
+    pub flush_gap_seconds: Gauge,
     /// `ledger_expired_total`: pending transfers expired.
     pub expired: Counter,
     /// `ledger_checkpoints_total`: checkpoints written.
@@ -66,6 +68,7 @@ impl LedgerMetrics {
             log_bytes: counter!("ledger_log_bytes_total"),
             preallocated_bytes: counter!("ledger_preallocated_bytes_total"),
             commits: counter!("ledger_commits_total"),
+            flush_gap_seconds: gauge!("ledger_flush_gap_seconds"),
             expired: counter!("ledger_expired_total"),
             checkpoints: counter!("ledger_checkpoints_total"),
             snapshot_seconds: histogram!("ledger_snapshot_seconds"),

@@ -19,7 +19,7 @@ use crate::log::{Log, LogConfig, LogError, OnDamage, RecoveryReport, Resume};
 use crate::metrics::LedgerMetrics;
 use crate::state::{Limits, State};
 use crate::types::RecordKind;
-use crate::writer::{self, WriterConfig, WriterHandle};
+use crate::writer::{self, FlushPacing, WriterConfig, WriterHandle};
 
 /// The `system` name in the readiness line.
 pub const SYSTEM: &str = "ledger";
@@ -76,9 +76,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     pub max_group_items: usize,
 
-    /// A flush starts no sooner than this after the previous one ended; requests arriving meanwhile join it (0 = back
-    /// to back, for a local disk without a flush budget). Fewer, fuller flushes keep a virtual disk out of its
-    /// throttled path: see `WriterConfig::flush_gap` and `examples/sync_rate_probe.rs`.
+    /// How the gap between flushes is chosen: adaptive (back to back while flushes are fast, backing off up to
+    /// --flush-gap-us when they stall) or fixed (always --flush-gap-us). See `writer::FlushPacing`.
+    #[arg(long, value_enum, default_value_t = FlushPacing::Adaptive)]
+    pub flush_pacing: FlushPacing,
+
+    /// The longest gap (adaptive) or the gap (fixed) between the end of one flush and the start of the next;
+    /// requests arriving meanwhile join the next flush (0 = always back to back). Fewer, fuller flushes keep a
+    /// virtual disk out of its throttled path: see `WriterConfig::flush_gap` and `examples/sync_rate_probe.rs`.
     #[arg(long, value_name = "US", default_value_t = DEFAULT_FLUSH_GAP_US)]
     pub flush_gap_us: u64,
 
@@ -224,6 +229,7 @@ impl ServeArgs {
             writer: WriterConfig {
                 max_group_jobs: self.max_group_jobs,
                 max_group_items: self.max_group_items,
+                flush_pacing: self.flush_pacing,
                 flush_gap: std::time::Duration::from_micros(self.flush_gap_us),
                 checkpoint_every_bytes: self.checkpoint_every_bytes,
                 data_dir: PathBuf::new(),
