@@ -372,7 +372,6 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             self.begin(&mut group);
-            let paced = first.is_some();
             if let Some(job) = first {
                 self.apply(&mut group, job);
             }
@@ -382,6 +381,9 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // Any group with requests is paced, also one found queued when the idle or expiry timer woke the writer;
+            // an expiry-only group is not (nobody waits for it).
+            let paced = !group.jobs.is_empty();
             // Pace the flushes (see `WriterConfig::flush_gap`): a group with room waits until the gap has passed
             // since the previous flush ended, applying what arrives meanwhile, so the wait overlaps useful work
             // and only the write and the flush are left when it ends.
