@@ -899,8 +899,15 @@ fn walk(
         while off < buf.len() {
             let header = match parse_record(buf, off) {
                 Ok(header) => header,
-                // Nothing but fill from here on: the preallocated, never-written end of this segment.
-                Err(_) if fill_end(buf, off) == off => {
+                // Nothing but fill from here on: the preallocated, never-written end of this segment. Or bytes that are
+                // no record after the last one of a segment whose successor starts with the very next record:
+                // records never span segments, so nothing is missing, and damage to unused fill must not cut (and
+                // quarantine) every later segment.
+                Err(_)
+                    if fill_end(buf, off) == off
+                        || (segments.get(i + 1).is_some_and(|n| n.first_seq == next)
+                            && count_parsable(buf, off).0 == 0) =>
+                {
                     *w.ends.last_mut().expect("pushed above") = off as u64;
                     break;
                 }

@@ -485,6 +485,40 @@ fn preallocated_segments_round_trip_and_append_in_place() {
     assert_replayed(&seen, 0, n + 40);
 }
 
+#[test]
+fn damage_to_the_unused_end_of_a_middle_segment_cuts_nothing() {
+    for make in [pcfg_roomy as fn(&Path) -> LogConfig, cfg] {
+        let data = tempfile::tempdir().expect("tempdir");
+        let c = LogConfig {
+            on_damage: OnDamage::Refuse,
+            ..make(data.path())
+        };
+        let n = 300;
+        let hashes = build(&c, n);
+        let segs = layout(&c.dir);
+        assert!(segs.len() >= 3, "{}", segs.len());
+        let middle = &segs[1];
+        let end = middle.records.last().map_or(0, |r| r.0 + r.2) as usize;
+        let mut bytes = fs::read(&middle.path).expect("read");
+        if c.preallocate_bytes > 0 {
+            // A flipped bit in the fill after the last record.
+            assert!(bytes.len() > end + 100, "{} ends in fill", middle.name);
+            bytes[end + 100] ^= 0x10;
+        } else {
+            // Garbage appended after the last record.
+            bytes.extend_from_slice(b"not a record, and no record follows it in this segment");
+        }
+        fs::write(&middle.path, &bytes).expect("write");
+        let (_, report, seen) = open(&c, None).expect("starts even with --on-damage refuse");
+        assert!(report.damage.is_none(), "{report:?}");
+        assert_replayed(&seen, 0, n);
+        assert_eq!(report.head_hash, hashes[n as usize - 1]);
+        let v = verify(&c.dir, None, |_| {});
+        assert!(v.ok, "{:?}", v.errors);
+        assert_eq!(v.records, n);
+    }
+}
+
 /// Overwrites `seg` from `from` to its end with fill: a write that never reached the disk past `from`.
 fn unwrite(seg: &Seg, from: u64) {
     let mut bytes = fs::read(&seg.path).expect("read");
