@@ -192,27 +192,80 @@ pub fn write(
     head_hash: [u8; 32],
     state: &[u8],
 ) -> Result<PathBuf, CheckpointError> {
+    write_streamed(data_dir, seq, head_hash, state.len() as u64, &mut |sink| {
+        sink(state)
+    })
+}
+
+/// Sink for a state's bytes, in order (see [`write_streamed`]).
+pub type Sink<'a> = dyn FnMut(&[u8]) -> io::Result<()> + 'a;
+
+/// [`write`] for a state too large to hold twice: `encode` hands the `len_bytes` state bytes to its sink in
+/// pieces, and is called twice (the header's CRC covers the state, so it is computed before anything is
+/// written). Both passes must produce the same bytes: a different length or checksum in the second pass is an
+/// error and no checkpoint is left.
+pub fn write_streamed(
+    data_dir: &Path,
+    seq: u64,
+    head_hash: [u8; 32],
+    len_bytes: u64,
+    encode: &mut dyn FnMut(&mut Sink<'_>) -> io::Result<()>,
+) -> Result<PathBuf, CheckpointError> {
     let path = data_dir.join(file_name(seq));
-    let len_bytes = state.len() as u64;
     if len_bytes > MAX_CHECKPOINT_STATE_BYTES {
         return Err(CheckpointError::TooLarge { path, len_bytes });
     }
-    let mut header = encode_header(seq, &head_hash, len_bytes);
-    let crc = checksum(&header, state);
-    header[24..28].copy_from_slice(&crc.to_le_bytes());
-    let hash = trailer(&header, state);
-
     let tmp = data_dir.join(format!("{}.tmp", file_name(seq)));
+    let mut header = encode_header(seq, &head_hash, len_bytes);
+    let mut crc = checksum(&header, &[]);
+    let mut seen_bytes = 0u64;
+    encode(&mut |piece| {
+        crc = crc32c::crc32c_append(crc, piece);
+        seen_bytes += piece.len() as u64;
+        Ok(())
+    })
+    .map_err(io_err("encode checkpoint", &tmp))?;
+    let unstable = |what: String| CheckpointError::Io {
+        op: "encode checkpoint",
+        path: tmp.clone(),
+        source: io::Error::other(what),
+    };
+    if seen_bytes != len_bytes {
+        return Err(unstable(format!(
+            "the state encoded to {seen_bytes} bytes, {len_bytes} were announced"
+        )));
+    }
+    header[24..28].copy_from_slice(&crc.to_le_bytes());
+
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(&tmp)
         .map_err(io_err("create checkpoint", &tmp))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&header);
+    let mut again = checksum(&header, &[]);
+    let mut written_bytes = 0u64;
     let written = f
         .write_all(&header)
-        .and_then(|()| f.write_all(state))
-        .and_then(|()| f.write_all(&hash))
+        .and_then(|()| {
+            encode(&mut |piece| {
+                hasher.update(piece);
+                again = crc32c::crc32c_append(again, piece);
+                written_bytes += piece.len() as u64;
+                f.write_all(piece)
+            })
+        })
+        .and_then(|()| {
+            if written_bytes != len_bytes || again != crc {
+                return Err(io::Error::other(format!(
+                    "the state encoded differently the second time ({written_bytes} of {len_bytes} bytes, \
+                     crc {again:08x} vs {crc:08x})"
+                )));
+            }
+            f.write_all(hasher.finalize().as_bytes())
+        })
         .and_then(|()| f.sync_all());
     if let Err(source) = written {
         // Best effort: a leftover temporary file is harmless (never loaded) and removed by the next write.

@@ -366,20 +366,50 @@ impl FrozenState {
     /// Appends the snapshot bytes described at [`State::snapshot`].
     pub fn encode(mut self, out: &mut Vec<u8>) {
         out.reserve(self.encoded_len());
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        out.extend_from_slice(&self.last_timestamp_ns.to_le_bytes());
-        out.extend_from_slice(&(self.accounts.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.transfers.len() as u64).to_le_bytes());
+        self.encode_pieces(usize::MAX, &mut |piece| {
+            out.extend_from_slice(piece);
+            Ok(())
+        })
+        .expect("appending to a Vec cannot fail");
+    }
+
+    /// Hands the bytes of [`FrozenState::encode`] to `sink` in pieces of about `piece_bytes` (at least one record
+    /// each), so a checkpoint never holds the whole snapshot in memory: at 10 M transfers that is 1.3 GB of fresh
+    /// pages the kernel must zero, which took a quarter of the server's core at 700k transfers/s. The same bytes
+    /// on every call.
+    pub fn encode_pieces(
+        &mut self,
+        piece_bytes: usize,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(piece_bytes.min(self.encoded_len()).max(4 * RECORD_BYTES));
+        let mut spill = |buf: &mut Vec<u8>, force: bool| {
+            if (force && !buf.is_empty()) || buf.len() >= piece_bytes {
+                sink(buf)?;
+                buf.clear();
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        buf.extend_from_slice(SNAPSHOT_MAGIC);
+        buf.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        buf.extend_from_slice(&self.last_timestamp_ns.to_le_bytes());
+        buf.extend_from_slice(&(self.accounts.len() as u64).to_le_bytes());
+        buf.extend_from_slice(&(self.transfers.len() as u64).to_le_bytes());
         // Creation order (timestamps are unique), so the bytes do not depend on the map's seed.
         self.accounts.sort_unstable_by_key(|a| a.timestamp);
         for a in &self.accounts {
-            codec::encode_account(a, out);
+            codec::encode_account(a, &mut buf);
+            spill(&mut buf, false)?;
         }
         for t in self.transfers.iter() {
-            codec::encode_transfer(t, out);
+            codec::encode_transfer(t, &mut buf);
+            spill(&mut buf, false)?;
         }
-        out.extend(self.status.iter().map(|&s| s as u8));
+        for statuses in self.status.chunks(piece_bytes.clamp(1, 1 << 20)) {
+            buf.extend(statuses.iter().map(|&s| s as u8));
+            spill(&mut buf, false)?;
+        }
+        spill(&mut buf, true)
     }
 }
 

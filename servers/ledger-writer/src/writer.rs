@@ -271,6 +271,9 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// A checkpoint's state is encoded and written in pieces of this size (see `FrozenState::encode_pieces`).
+const CHECKPOINT_PIECE_BYTES: usize = 4 << 20;
+
 /// Longest the writer sleeps with an empty queue: pending-transfer expiry is checked at least this often.
 const IDLE_WAKE: Duration = Duration::from_millis(250);
 
@@ -608,9 +611,14 @@ impl Writer {
         self.checkpointer = std::thread::Builder::new()
             .name("ledger-checkpoint".into())
             .spawn(move || {
-                let mut snap = Vec::new();
-                frozen.encode(&mut snap);
-                let r = checkpoint::write(&dir, next_seq - 1, head_hash, &snap);
+                let mut frozen = frozen;
+                let r = checkpoint::write_streamed(
+                    &dir,
+                    next_seq - 1,
+                    head_hash,
+                    snapshot_bytes,
+                    &mut |sink| frozen.encode_pieces(CHECKPOINT_PIECE_BYTES, sink),
+                );
                 if r.is_ok() {
                     counter.increment(1);
                 }

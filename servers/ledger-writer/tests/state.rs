@@ -1255,6 +1255,23 @@ fn frozen_copy_is_exact_across_chunk_boundaries_and_rollbacks() {
     assert_eq!(h.transfers(&[xfer(next_id + 2, 2, 1, 7)]), [R::Ok]);
     assert_ne!(snap(&h.state), at_freeze);
     assert_eq!(frozen.encoded_len(), at_freeze.len());
+    // In pieces (as checkpoints write it, twice), the same bytes: each piece at least one record, none far over.
+    let mut frozen = frozen;
+    for piece_bytes in [1, 1000, 1 << 20] {
+        let mut pieces = Vec::new();
+        frozen
+            .encode_pieces(piece_bytes, &mut |p| {
+                pieces.push(p.to_vec());
+                Ok(())
+            })
+            .expect("encode");
+        assert!(
+            pieces
+                .iter()
+                .all(|p| !p.is_empty() && p.len() < piece_bytes.max(128) + 1024)
+        );
+        assert_eq!(pieces.concat(), at_freeze, "pieces of {piece_bytes} bytes");
+    }
     let mut encoded = Vec::new();
     frozen.encode(&mut encoded);
     assert_eq!(

@@ -1088,6 +1088,47 @@ fn checkpoint_resume_replays_only_later_records() {
 }
 
 #[test]
+fn streamed_checkpoint_matches_the_whole_one_and_refuses_an_unstable_encoder() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let state: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let whole = checkpoint::write(data.path(), 7, [3; 32], &state).expect("write");
+    let whole_bytes = fs::read(&whole).expect("read");
+    fs::remove_file(&whole).expect("remove");
+    let streamed =
+        checkpoint::write_streamed(data.path(), 7, [3; 32], state.len() as u64, &mut |sink| {
+            state.chunks(999).try_for_each(&mut *sink)
+        })
+        .expect("write streamed");
+    assert_eq!(
+        fs::read(&streamed).expect("read"),
+        whole_bytes,
+        "the same file"
+    );
+    fs::remove_file(&streamed).expect("remove");
+
+    // An encoder that gives other bytes the second time: refused, and nothing is left behind.
+    let mut calls = 0;
+    let err =
+        checkpoint::write_streamed(data.path(), 8, [3; 32], state.len() as u64, &mut |sink| {
+            calls += 1;
+            let mut s = state.clone();
+            s[5] ^= calls as u8;
+            sink(&s)
+        })
+        .expect_err("unstable encoder");
+    assert!(err.to_string().contains("differently"), "{err}");
+    // A wrong announced length: refused before anything is written.
+    let err = checkpoint::write_streamed(data.path(), 9, [3; 32], 5, &mut |sink| sink(&state))
+        .expect_err("wrong length");
+    assert!(err.to_string().contains("announced"), "{err}");
+    assert_eq!(
+        fs::read_dir(data.path()).expect("ls").count(),
+        0,
+        "no file left"
+    );
+}
+
+#[test]
 fn damaged_newest_checkpoint_falls_back_to_the_older_one() {
     let data = tempfile::tempdir().expect("tempdir");
     let c = cfg(data.path());
