@@ -813,8 +813,8 @@ struct Walked {
     head_hash: [u8; 32],
     anchor_seen: bool,
     found: Option<Found>,
-    /// Per segment read, the offset where its records end: the first fill byte of a preallocated tail, else the
-    /// length read. (For the damaged segment, the length read.)
+    /// Per segment read, the offset where its records end: the damage, the first fill byte of a preallocated tail,
+    /// or the length read.
     ends: Vec<u64>,
 }
 
@@ -1016,6 +1016,12 @@ fn walk(
     }
     if let Some(h) = held {
         deliver(&bufs, &h, sink, &mut w)?;
+    }
+    // The damaged segment's records end at the damage (where a repair cuts it).
+    if let Some(f) = &w.found
+        && let Some(end) = w.ends.get_mut(f.seg)
+    {
+        *end = f.off as u64;
     }
     Ok(w)
 }
@@ -1346,21 +1352,17 @@ impl Log {
                     .metadata()
                     .map_err(io_err("stat segment", &path))?
                     .len();
-                // Where its records end: a repair cut the file there; else the scan saw the end (before any fill).
-                let durable_len = match &damage {
-                    Some(d) if d.offset > 0 && i == start + walked.found.as_ref().map_or(0, |f| f.seg) => {
-                        d.offset
-                    }
-                    _ => i
-                        .checked_sub(start)
-                        .and_then(|k| walked.ends.get(k).copied())
-                        .ok_or_else(|| LogError::Config {
-                            what: format!(
-                                "internal: segment {} was not scanned, so where its records end is unknown",
-                                path.display()
-                            ),
-                        })?,
-                };
+                // Where its records end, as the scan saw it: at the damage (a repair cut the file there) or before
+                // any fill.
+                let durable_len = i
+                    .checked_sub(start)
+                    .and_then(|k| walked.ends.get(k).copied())
+                    .ok_or_else(|| LogError::Config {
+                        what: format!(
+                            "internal: segment {} was not scanned, so where its records end is unknown",
+                            path.display()
+                        ),
+                    })?;
                 assert!(durable_len <= allocated_len, "records end within the file");
                 Some(Current {
                     first_seq: segments[i].first_seq,
