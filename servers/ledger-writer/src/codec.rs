@@ -87,6 +87,12 @@ impl CodecError {
 // ---------------------------------------------------------------------------------------------------------------
 // Binary.
 
+/// The id of an account or transfer record (its first 16 bytes), without decoding the rest.
+#[inline]
+pub fn record_id(b: &[u8; RECORD_BYTES]) -> u128 {
+    u128_at(b, 0)
+}
+
 #[inline(always)]
 fn u128_at(b: &[u8; RECORD_BYTES], o: usize) -> u128 {
     u128::from_le_bytes(b[o..o + 16].try_into().unwrap())

@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod chunks;
 pub mod codec;
 pub mod error;
+pub mod index;
 pub mod log;
 pub mod metrics;
 pub mod server;
