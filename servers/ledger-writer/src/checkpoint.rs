@@ -237,12 +237,8 @@ pub fn write_streamed(
     }
     header[24..28].copy_from_slice(&crc.to_le_bytes());
 
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io_err("create checkpoint", &tmp))?;
+    let mut f =
+        DirectFile::create(&tmp, DIRECT_BUFFER_BYTES).map_err(io_err("create checkpoint", &tmp))?;
     let mut hasher = blake3::Hasher::new();
     hasher.update(&header);
     let mut again = checksum(&header, &[]);
@@ -266,7 +262,7 @@ pub fn write_streamed(
             }
             f.write_all(hasher.finalize().as_bytes())
         })
-        .and_then(|()| f.sync_all());
+        .and_then(|()| f.finish());
     if let Err(source) = written {
         // Best effort: a leftover temporary file is harmless (never loaded) and removed by the next write.
         let _ = fs::remove_file(&tmp);
@@ -276,11 +272,151 @@ pub fn write_streamed(
             source,
         });
     }
-    drop(f);
     fs::rename(&tmp, &path).map_err(io_err("rename checkpoint", &path))?;
     fsync_dir(data_dir)?;
     prune(data_dir)?;
     Ok(path)
+}
+
+/// Size of [`DirectFile`]'s staging buffer and of each write (a multiple of [`DIRECT_ALIGN`]): small enough that a
+/// log flush queued behind one waits well under a millisecond.
+const DIRECT_BUFFER_BYTES: usize = 1 << 20;
+/// Alignment of O_DIRECT buffers, offsets and lengths: the largest logical block size in common use.
+const DIRECT_ALIGN: usize = 4096;
+
+/// A new file written with `O_DIRECT` where the file system allows it, buffered where it does not.
+///
+/// Why: a checkpoint is as large as the whole state (gigabytes at tens of millions of transfers) and is written
+/// once, never read back unless the server restarts. Through the page cache every byte is copied into freshly
+/// allocated cache pages, and writeback copies nothing less: measured on this 2-vCPU VM with a Python loop writing
+/// 1 GiB in 4 MiB pieces (pinned to one core), buffered writes cost 0.33-2.6 s of system time against 0.05 s with
+/// O_DIRECT, and the ledger's profile put 18 % of the server's samples in that copy at batch 1,000. The checkpoint
+/// thread shares its core with the writer, so that time came straight out of transfers/s.
+///
+/// Bytes are staged in an aligned buffer and written in whole buffers, each followed by a pause as long as the write
+/// took; [`DirectFile::finish`] pads the last block with zeros, then cuts the file to its real length and fsyncs it
+/// (data and size).
+struct DirectFile {
+    file: File,
+    direct: bool,
+    buf: AlignedBuf,
+    filled: usize,
+    len_bytes: u64,
+}
+
+impl DirectFile {
+    fn create(path: &Path, buffer_bytes: usize) -> io::Result<DirectFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let open = |flags| {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(flags)
+                .open(path)
+        };
+        let (file, direct) = match open(libc::O_DIRECT) {
+            Ok(f) => (f, true),
+            // EINVAL: the file system does not support O_DIRECT (tmpfs on older kernels, some FUSE mounts).
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(0)?, false),
+            Err(e) => return Err(e),
+        };
+        Ok(DirectFile {
+            file,
+            direct,
+            buf: AlignedBuf::new(buffer_bytes)?,
+            filled: 0,
+            len_bytes: 0,
+        })
+    }
+
+    fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        self.len_bytes += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let room = self.buf.len() - self.filled;
+            let n = room.min(bytes.len());
+            self.buf.as_mut()[self.filled..self.filled + n].copy_from_slice(&bytes[..n]);
+            self.filled += n;
+            bytes = &bytes[n..];
+            if self.filled == self.buf.len() {
+                let started = std::time::Instant::now();
+                self.file.write_all(self.buf.as_ref())?;
+                self.filled = 0;
+                if self.direct {
+                    // Gives the disk back for as long as the write held it: back-to-back O_DIRECT writes fill
+                    // the device queue, and the log's fdatasync (which clients wait for) would queue behind them.
+                    // Half the disk's bandwidth is far more than a checkpoint needs: the next one is due only after
+                    // the log has grown by this one's size.
+                    std::thread::sleep(started.elapsed());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is staged, sets the exact length, and fsyncs.
+    fn finish(mut self) -> io::Result<()> {
+        if self.filled > 0 {
+            let padded = if self.direct {
+                self.filled.next_multiple_of(DIRECT_ALIGN)
+            } else {
+                self.filled
+            };
+            self.buf.as_mut()[self.filled..padded].fill(0);
+            self.file.write_all(&self.buf.as_ref()[..padded])?;
+            if padded != self.filled {
+                self.file.set_len(self.len_bytes)?;
+            }
+        }
+        self.file.sync_all()
+    }
+}
+
+/// A zero-initialised heap buffer aligned to [`DIRECT_ALIGN`] (a `Vec<u8>` guarantees no alignment).
+struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: the buffer is owned memory with no interior sharing.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    fn new(len: usize) -> io::Result<AlignedBuf> {
+        assert!(len > 0 && len % DIRECT_ALIGN == 0, "buffer length {len}");
+        let layout =
+            std::alloc::Layout::from_size_align(len, DIRECT_ALIGN).map_err(io::Error::other)?;
+        // SAFETY: `layout` has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = std::ptr::NonNull::new(ptr)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "checkpoint buffer"))?;
+        Ok(AlignedBuf { ptr, layout })
+    }
+
+    fn len(&self) -> usize {
+        self.layout.size()
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len()` initialised bytes owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len()) }
+    }
+}
+
+impl AsMut<[u8]> for AlignedBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_ref`, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
 }
 
 /// Deletes all but the newest [`KEEP_CHECKPOINTS`] checkpoints and leftover temporary files.
@@ -489,6 +625,36 @@ mod tests {
             2,
             "temporary file removed"
         );
+    }
+
+    /// The direct writer across buffer boundaries and with a length no block size divides: the file holds exactly
+    /// the bytes given, whether or not the file system took O_DIRECT.
+    #[test]
+    fn direct_file_writes_exact_bytes_across_buffers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes: Vec<u8> = (0..3 * DIRECT_ALIGN * 5 + 123)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        for (name, chunk) in [
+            ("a", 1),
+            ("b", 1000),
+            ("c", DIRECT_ALIGN * 4),
+            ("d", bytes.len()),
+        ] {
+            let path = dir.path().join(name);
+            let mut f = DirectFile::create(&path, DIRECT_ALIGN * 4).expect("create");
+            for piece in bytes.chunks(chunk) {
+                f.write_all(piece).expect("write");
+            }
+            f.finish().expect("finish");
+            assert_eq!(fs::read(&path).expect("read"), bytes, "pieces of {chunk}");
+        }
+        let empty = dir.path().join("empty");
+        DirectFile::create(&empty, DIRECT_ALIGN)
+            .expect("create")
+            .finish()
+            .expect("finish");
+        assert_eq!(fs::metadata(&empty).expect("stat").len(), 0);
     }
 
     #[test]
