@@ -56,6 +56,8 @@ pub const FILL_BYTE: u8 = 0xFF;
 pub const MAX_PREALLOCATE_BYTES: u64 = 256 << 20;
 /// Fill is written from a buffer of at most this size, reused for every extension.
 const FILL_BUFFER_BYTES: usize = 1 << 20;
+/// Durable log bytes are dropped from the page cache once this many have gathered (see [`Current::drop_behind`]).
+const DROP_BEHIND_BYTES: u64 = 1 << 20;
 /// Alignment and size of the zeroed blocks the damage classifier looks for (a lost sector or page reads as zeros).
 const ZERO_SECTOR_BYTES: usize = 512;
 
@@ -1232,6 +1234,42 @@ struct Current {
     durable_len: u64,
     /// The file's length: records, then (when preallocating) fill up to here.
     allocated_len: u64,
+    /// The page cache holds nothing of this segment below this offset (see [`Current::drop_behind`]).
+    dropped_len: u64,
+}
+
+impl Current {
+    /// Drops the durable records below `upto` (rounded down to a page) from the page cache, once at least
+    /// [`DROP_BEHIND_BYTES`] have gathered, or all of them when `upto` is `None` (the segment is finished).
+    ///
+    /// Why: nothing reads a committed record back from the page cache (the state is in memory; recovery and the
+    /// audit read the files), so its cached copy only costs memory, and fresh memory is what costs most on a VM:
+    /// a page the guest has not touched recently is first faulted in by the host. Measured with a Python loop
+    /// writing 1 GiB in 4 MiB pieces on this 2-vCPU VM, buffered writes into fresh page cache cost 2.6 s of system
+    /// time, into recycled pages 0.33 s; perf put 15 % of the ledger writer's samples in that copy at batch 1,000
+    /// and 30 M transfers. Dropped pages return to the free lists and the next writes reuse them, still mapped.
+    /// Advice only: an error changes nothing.
+    fn drop_behind(&mut self, upto: Option<u64>) {
+        let end = match upto {
+            Some(len) => len / 4096 * 4096,
+            None => self.allocated_len.max(self.durable_len),
+        };
+        if end <= self.dropped_len || (upto.is_some() && end - self.dropped_len < DROP_BEHIND_BYTES)
+        {
+            return;
+        }
+        use std::os::fd::AsRawFd;
+        // SAFETY: `fadvise` on an open descriptor; it only affects caching.
+        unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                self.dropped_len as libc::off_t,
+                (end - self.dropped_len) as libc::off_t,
+                libc::POSIX_FADV_DONTNEED,
+            );
+        }
+        self.dropped_len = end;
+    }
 }
 
 /// Test seam: an injected failure of the next commit.
@@ -1370,6 +1408,7 @@ impl Log {
                     file,
                     durable_len,
                     allocated_len,
+                    dropped_len: 0,
                 })
             }
         };
@@ -1500,12 +1539,17 @@ impl Log {
                 fsync_dir(&self.dir, &self.cfg.dir)?;
                 stats.fsync_ns += t.elapsed().as_nanos() as u64;
                 stats.segments_created += 1;
+                if let Some(old) = self.current.as_mut() {
+                    // Synced before this split (see above): all of it can go.
+                    old.drop_behind(None);
+                }
                 self.current = Some(Current {
                     first_seq,
                     path,
                     file,
                     durable_len: 0,
                     allocated_len: 0,
+                    dropped_len: 0,
                 });
             }
             if to > from {
@@ -1565,6 +1609,7 @@ impl Log {
                     .map_err(io_err("fdatasync segment", &current.path))?;
                 stats.fsync_ns += t.elapsed().as_nanos() as u64;
                 current.durable_len = end;
+                current.drop_behind(Some(end));
             }
             from = to;
         }
