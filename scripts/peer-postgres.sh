@@ -220,7 +220,7 @@ fi
 # The profile (quick: every phase 3 s, warm-up 2 s)
 RUN_PROFILE=$WORK/compare.toml
 if [[ $QUICK == 1 ]]; then
-    sed -e 's/^duration_s = 15$/duration_s = 3/' -e 's/^duration_s = 5$/duration_s = 2/' "$PROFILE" >"$RUN_PROFILE"
+    sed -e 's/^duration_s = \(15\|8\)$/duration_s = 3/' -e 's/^duration_s = 5$/duration_s = 2/' "$PROFILE" >"$RUN_PROFILE"
 else
     cp "$PROFILE" "$RUN_PROFILE"
 fi
