@@ -17,6 +17,9 @@
 //! - **TLB misses.** The tables' memory asks for transparent huge pages ([`HugePages`]): with 4 KiB pages nearly
 //!   every random access to a table of hundreds of megabytes also walks the page table.
 //!
+//! The price is memory: with the early growth, slots average about 45 % full, about 70 bytes per id against about
+//! 52 for a `HashMap<u128, u32>` (32-byte entries plus a tag byte, about 63 % full on average).
+//!
 //! Ids are hashed with a per-process seed (foldhash's `RandomState`), so clients cannot aim for collisions.
 
 use std::alloc::Layout;
