@@ -260,6 +260,9 @@ impl LedgerApp {
                 "a verify is already running; retry when it finishes",
             );
         };
+        if let Err(reason) = crate::verify::audit_fits_in_memory() {
+            return error(StatusCode::SERVICE_UNAVAILABLE, &reason);
+        }
         let upto = self.inner.writer.durable_position();
         let dir = self.inner.data_dir.clone();
         let report: Result<VerifyReport, _> =
