@@ -304,18 +304,14 @@ pub struct HugePages;
 unsafe impl Allocator for HugePages {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         let block = Global.allocate(layout)?;
-        if layout.size() >= HUGE_MIN_BYTES {
-            advise_huge(block.as_ptr() as *mut u8 as usize, layout.size());
-        }
+        advise_huge(block.as_ptr() as *mut u8 as usize, layout.size());
         Ok(block)
     }
 
     fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         // `Global` gets zeroed memory from calloc, which for large blocks maps fresh pages instead of writing zeros.
         let block = Global.allocate_zeroed(layout)?;
-        if layout.size() >= HUGE_MIN_BYTES {
-            advise_huge(block.as_ptr() as *mut u8 as usize, layout.size());
-        }
+        advise_huge(block.as_ptr() as *mut u8 as usize, layout.size());
         Ok(block)
     }
 
@@ -325,8 +321,12 @@ unsafe impl Allocator for HugePages {
     }
 }
 
-/// Advises huge pages for the 2 MiB-aligned part of `[addr, addr + len)`.
+/// Advises huge pages for the 2 MiB-aligned part of `[addr, addr + len)`, for blocks of at least
+/// [`HUGE_MIN_BYTES`].
 fn advise_huge(addr: usize, len: usize) {
+    if len < HUGE_MIN_BYTES {
+        return;
+    }
     let start = addr.next_multiple_of(HUGE_PAGE_BYTES);
     let end = (addr + len) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
     if end > start {

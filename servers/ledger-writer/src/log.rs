@@ -58,6 +58,8 @@ pub const MAX_PREALLOCATE_BYTES: u64 = 256 << 20;
 const FILL_BUFFER_BYTES: usize = 1 << 20;
 /// Durable log bytes are dropped from the page cache once this many have gathered (see [`Current::drop_behind`]).
 const DROP_BEHIND_BYTES: u64 = 1 << 20;
+/// The page size `drop_behind` rounds down to (the kernel drops whole pages only).
+const PAGE_BYTES: u64 = 4096;
 /// Alignment and size of the zeroed blocks the damage classifier looks for (a lost sector or page reads as zeros).
 const ZERO_SECTOR_BYTES: usize = 512;
 
@@ -1251,7 +1253,7 @@ impl Current {
     /// Advice only: an error changes nothing.
     fn drop_behind(&mut self, upto: Option<u64>) {
         let end = match upto {
-            Some(len) => len / 4096 * 4096,
+            Some(len) => len / PAGE_BYTES * PAGE_BYTES,
             None => self.allocated_len.max(self.durable_len),
         };
         if end <= self.dropped_len || (upto.is_some() && end - self.dropped_len < DROP_BEHIND_BYTES)
