@@ -909,6 +909,10 @@ pub const MAX_LEDGER_ACCOUNTS: u32 = 1_000_000;
 pub const MAX_LEDGER_AMOUNT: u64 = 1_000_000_000_000_000;
 /// Most currencies a ledger phase may use.
 pub const MAX_LEDGER_CURRENCIES: usize = 64;
+/// Longest pending timeout a ledger phase may ask for: the balance check waits for it after the phase.
+pub const MAX_LEDGER_PENDING_TIMEOUT_S: u32 = 60;
+/// Longest linked chain a ledger phase sends.
+pub const MAX_LEDGER_CHAIN: u32 = 16;
 /// Extra wall time a ledger phase may take for account set-up and verification, on top of its duration.
 pub const LEDGER_PHASE_OVERHEAD_S: f64 = 30.0;
 
@@ -927,6 +931,16 @@ pub struct LedgerPlan {
     pub two_phase_ratio: f64,
     /// Share of pendings voided instead of posted.
     pub void_ratio: f64,
+    /// Share of posts and voids sent with debit, credit and currency zero (the ledger fills them in).
+    pub bare_resolve_ratio: f64,
+    /// Seconds until a pending expires (0 = never).
+    pub pending_timeout_s: u32,
+    /// Share of batch slots (after the first) that start a linked chain.
+    pub linked_ratio: f64,
+    /// Longest linked chain.
+    pub linked_chain_max: u32,
+    /// Share of chains carrying one item the ledger must refuse.
+    pub linked_fail_ratio: f64,
     /// Largest amount in minor units.
     pub amount_max: u64,
     /// Check the invariants after the phase.
@@ -994,6 +1008,33 @@ fn resolve_ledger(f: &str, l: &LedgerSection, phase_seed: u64) -> Result<LedgerP
     };
     let two_phase_ratio = ratio("two_phase_ratio", l.two_phase_ratio, 0.0)?;
     let void_ratio = ratio("void_ratio", l.void_ratio, 0.1)?;
+    let bare_resolve_ratio = ratio("bare_resolve_ratio", l.bare_resolve_ratio, 0.0)?;
+    let linked_ratio = ratio("linked_ratio", l.linked_ratio, 0.0)?;
+    let linked_fail_ratio = ratio("linked_fail_ratio", l.linked_fail_ratio, 0.1)?;
+    let pending_timeout_s = l.pending_timeout_s.unwrap_or(0);
+    if pending_timeout_s > MAX_LEDGER_PENDING_TIMEOUT_S {
+        return Err(ProfileError::invalid(
+            format!("{f}.pending_timeout_s"),
+            format!(
+                "must be 0..={MAX_LEDGER_PENDING_TIMEOUT_S} (0 = never; the balance check waits this long after the phase), got {pending_timeout_s}"
+            ),
+        ));
+    }
+    let linked_chain_max = l.linked_chain_max.unwrap_or(4);
+    if !(2..=MAX_LEDGER_CHAIN).contains(&linked_chain_max) {
+        return Err(ProfileError::invalid(
+            format!("{f}.linked_chain_max"),
+            format!("must be 2..={MAX_LEDGER_CHAIN}, got {linked_chain_max}"),
+        ));
+    }
+    if linked_ratio > 0.0 && batch_size < 3 {
+        return Err(ProfileError::invalid(
+            format!("{f}.linked_ratio"),
+            format!(
+                "needs batch_size >= 3 (a chain never starts at a batch's first slot), got batch_size {batch_size}"
+            ),
+        ));
+    }
     let amount_max = l.amount_max.unwrap_or(10_000);
     if amount_max == 0 || amount_max > MAX_LEDGER_AMOUNT {
         return Err(ProfileError::invalid(
@@ -1008,6 +1049,11 @@ fn resolve_ledger(f: &str, l: &LedgerSection, phase_seed: u64) -> Result<LedgerP
         zipf_exponent,
         two_phase_ratio,
         void_ratio,
+        bare_resolve_ratio,
+        pending_timeout_s,
+        linked_ratio,
+        linked_chain_max,
+        linked_fail_ratio,
         amount_max,
         verify: l.verify.unwrap_or(true),
         seed: l.seed.unwrap_or(phase_seed),

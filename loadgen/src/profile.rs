@@ -257,6 +257,20 @@ pub struct LedgerSection {
     pub two_phase_ratio: Option<f64>,
     /// Share of pending transfers voided instead of posted (0..=1, default 0.1).
     pub void_ratio: Option<f64>,
+    /// Share of posts and voids sent bare: debit and credit account and currency zero, for the ledger to take from
+    /// the pending transfer (0..=1, default 0).
+    pub bare_resolve_ratio: Option<f64>,
+    /// Seconds until a pending transfer expires (1..=60; default 0 = never). Pendings left unresolved, or whose post
+    /// or void was refused, are expected to expire: the balance check waits this long (plus 1 s) after the phase.
+    pub pending_timeout_s: Option<u32>,
+    /// Share of batch slots that start a linked chain (0..=1, default 0; needs `batch_size` >= 3: a chain never
+    /// starts at the first slot, so a request with a failing chain still applies something).
+    pub linked_ratio: Option<f64>,
+    /// Longest linked chain (2..=16, default 4); chains are 2..=this long, cut at the end of the batch.
+    pub linked_chain_max: Option<u32>,
+    /// Share of chains sent with one item the ledger must refuse (amount zero): the whole chain must fail
+    /// (0..=1, default 0.1).
+    pub linked_fail_ratio: Option<f64>,
     /// Largest transfer amount in minor units (default 10000).
     pub amount_max: Option<u64>,
     /// Check the invariants through the API after the phase (default true).

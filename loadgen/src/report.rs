@@ -111,6 +111,19 @@ pub fn summary(r: &RunResult) -> String {
                 l.two_phase.posted,
                 l.two_phase.voided,
             );
+            if l.linked.chains > 0 || l.two_phase.pending_expiring > 0 {
+                let _ = writeln!(
+                    s,
+                    "{:<22} chains {} (applied {}, refused {}, with a refused item {}, applied in part {}); pendings left to expire {}",
+                    "",
+                    l.linked.chains,
+                    l.linked.applied,
+                    l.linked.failed,
+                    l.linked.doomed,
+                    l.linked.violations,
+                    l.two_phase.pending_expiring,
+                );
+            }
         }
     }
     let cdn: Vec<_> = r

@@ -406,6 +406,8 @@ pub struct LedgerResult {
     pub transfers_per_s: f64,
     /// Two-phase transfers.
     pub two_phase: LedgerTwoPhase,
+    /// Linked chains (all zero when the phase sends none).
+    pub linked: LedgerLinked,
     /// Invariant checks; null when `verify = false`.
     pub verification: Option<LedgerVerification>,
 }
@@ -436,6 +438,24 @@ pub struct LedgerTwoPhase {
     pub voided: u64,
     /// Pendings left reserved because a lane's queue was full.
     pub pending_unqueued: u64,
+    /// Pendings expected to expire (with `pending_timeout_s`: never resolved, or their post or void was refused);
+    /// the balances were compared after their timeout.
+    pub pending_expiring: u64,
+}
+
+/// Linked-chain counts of a ledger phase, from the per-item results.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LedgerLinked {
+    /// Chains answered (two items or more).
+    pub chains: u64,
+    /// Of those, applied whole.
+    pub applied: u64,
+    /// Of those, refused whole.
+    pub failed: u64,
+    /// Chains sent with one item the ledger must refuse (amount zero): each must be refused whole.
+    pub doomed: u64,
+    /// Chains the ledger applied in part, or applied although they carried a refused item (must be 0).
+    pub violations: u64,
 }
 
 /// The invariant checks of a ledger phase.

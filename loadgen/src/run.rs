@@ -22,9 +22,10 @@ use crate::plan::{
 use crate::procs::{self, Sampler, ServerProc, WorkerLine};
 use crate::profile::{Profile, SloSection, TargetSection};
 use crate::result::{
-    Calibration, CdnPrefetch, CdnResult, CdnStorm, LedgerResult, LedgerTransfers, LedgerTwoPhase,
-    LedgerVerification, OidcResult, OidcRotation, PhaseResult, ProcessResult, Requests, RunResult,
-    SCHEMA_VERSION, SloCheck, SloReport, TargetInfo, TargetProcess, WarmupSummary,
+    Calibration, CdnPrefetch, CdnResult, CdnStorm, LedgerLinked, LedgerResult, LedgerTransfers,
+    LedgerTwoPhase, LedgerVerification, OidcResult, OidcRotation, PhaseResult, ProcessResult,
+    Requests, RunResult, SCHEMA_VERSION, SloCheck, SloReport, TargetInfo, TargetProcess,
+    WarmupSummary,
 };
 use crate::worker::{Progress, WorkerReport, WorkerSpec, verify_budget_s};
 
@@ -1750,6 +1751,8 @@ fn ledger_finish(
 ) -> Result<(LedgerResult, Vec<String>, Vec<String>), RunError> {
     let mut transfers = LedgerTransfers::default();
     let mut two_phase = LedgerTwoPhase::default();
+    let mut linked = LedgerLinked::default();
+    let mut chain_examples = Vec::new();
     let mut failed_by_code: BTreeMap<String, u64> = BTreeMap::new();
     let mut checks = crate::ledger::model::TransferChecks::default();
     let mut notes = Vec::new();
@@ -1772,6 +1775,13 @@ fn ledger_finish(
         two_phase.posted += w.posted;
         two_phase.voided += w.voided;
         two_phase.pending_unqueued += w.pending_unqueued;
+        two_phase.pending_expiring += w.pending_expiring;
+        linked.chains += w.chains;
+        linked.applied += w.chains_applied;
+        linked.failed += w.chains_failed;
+        linked.doomed += w.chains_doomed;
+        linked.violations += w.chain_violations;
+        chain_examples.extend(w.chain_examples.iter().cloned());
         lanes_stopped += w.lanes_stopped;
         for (k, v) in &w.failed_by_code {
             *failed_by_code.entry(k.clone()).or_insert(0) += v;
@@ -1794,7 +1804,20 @@ fn ledger_finish(
             phase.name
         ));
     }
+    // Chains are checked from the responses, whether or not the phase verifies through lookups.
+    if linked.violations > 0 {
+        failures.push(format!(
+            "{} of {} linked chains were applied in part (or despite a refused item)",
+            linked.violations, linked.chains
+        ));
+        failures.extend(chain_examples.iter().take(3).map(|e| format!("e.g. {e}")));
+    }
     let verification = if l.verify {
+        if l.pending_timeout_s > 0 {
+            // The last pending was created before the loaders reported; once its timeout has passed the ledger
+            // releases it within its expiry timer's period (well under the extra second).
+            std::thread::sleep(Duration::from_secs(u64::from(l.pending_timeout_s) + 1));
+        }
         let after = check::lookup_balances(&prep.target, l).map_err(|e| ledger_err(target, e))?;
         let expected = check::sum_deltas(l.accounts, deltas).map_err(|e| ledger_err(target, e))?;
         let before = prep.before.as_ref().expect("looked up when verifying");
@@ -1879,6 +1902,7 @@ fn ledger_finish(
             transfers,
             failed_by_code,
             two_phase,
+            linked,
             verification,
         },
         failures,

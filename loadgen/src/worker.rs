@@ -32,8 +32,8 @@ use crate::client::{self, ClientError, Conn, Template};
 use crate::error::RunError;
 use crate::hist;
 use crate::ledger::model::{
-    BatchOutcome, Item, LaneLedger, LedgerConfig, LedgerTotals, LedgerWorkerReport,
-    MAX_LEDGER_RESPONSE_BYTES, TransferChecks, apply, match_lookup,
+    BatchOutcome, Item, ItemKind, LaneLedger, LedgerConfig, LedgerTotals, LedgerWorkerReport,
+    MAX_LEDGER_RESPONSE_BYTES, TransferChecks, apply, expire, match_lookup,
 };
 use crate::ledger::wire::{ID_BYTES, MAX_BATCH, Transfer};
 use crate::oidc::{
@@ -524,7 +524,7 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
     let ledger_report = match &shared.ledger {
         None => None,
         Some(cfg) => {
-            let lanes = std::mem::take(&mut *shared.ledger_lanes.lock().expect("not poisoned"));
+            let mut lanes = std::mem::take(&mut *shared.ledger_lanes.lock().expect("not poisoned"));
             let mut totals = shared
                 .stats
                 .lock()
@@ -532,6 +532,9 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
                 .ledger
                 .take()
                 .expect("ledger phases keep totals");
+            for lane in &mut lanes {
+                lane.abandon_queue(cfg, &mut totals);
+            }
             let checks = if cfg.plan.verify {
                 Some(verify_ledger(&shared.spec, cfg, &lanes, &mut totals).await)
             } else {
@@ -754,6 +757,20 @@ async fn verify_ledger(
                 if *p {
                     checks.in_doubt_applied += 1;
                     apply(&mut totals.deltas, item);
+                }
+                // With a timeout, a pending whose fate is not known to the lane expires: an applied in-doubt
+                // pending was never queued, and the pending of an in-doubt post or void that was not applied
+                // stays unresolved.
+                if cfg.plan.pending_timeout_s > 0 {
+                    let left = match item.kind {
+                        ItemKind::Pending => *p,
+                        ItemKind::Post { .. } | ItemKind::Void { .. } => !*p,
+                        ItemKind::Single | ItemKind::Doomed => false,
+                    };
+                    if left {
+                        expire(&mut totals.deltas, item);
+                        totals.pending_expiring += 1;
+                    }
                 }
             }
         }
@@ -1061,7 +1078,8 @@ async fn run_lane(
                     Ok(x) => BatchOutcome::Response(x.status.as_u16(), &body),
                     Err(_) => BatchOutcome::InDoubt,
                 };
-                lg.on_outcome(totals, outcome);
+                let cfg = shared.ledger.as_ref().expect("ledger lanes have a config");
+                lg.on_outcome(cfg, totals, outcome);
                 lg.response = body;
             }
             if ok {

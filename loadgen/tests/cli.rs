@@ -212,6 +212,26 @@ fn bad_values_are_refused_with_the_field_path() {
             "phases[0].ledger.two_phase_ratio",
         ),
         (
+            "ledger chains in batches too small for them",
+            format!("{BASE}[phases.ledger]\nbatch_size = 2\nlinked_ratio = 0.1\n"),
+            "phases[0].ledger.linked_ratio",
+        ),
+        (
+            "ledger chain too long",
+            format!("{BASE}[phases.ledger]\nbatch_size = 50\nlinked_chain_max = 17\n"),
+            "phases[0].ledger.linked_chain_max",
+        ),
+        (
+            "ledger pending timeout too long",
+            format!("{BASE}[phases.ledger]\npending_timeout_s = 61\n"),
+            "phases[0].ledger.pending_timeout_s",
+        ),
+        (
+            "ledger bare ratio above 1",
+            format!("{BASE}[phases.ledger]\nbare_resolve_ratio = 2\n"),
+            "phases[0].ledger.bare_resolve_ratio",
+        ),
+        (
             "ledger too few accounts",
             format!("{BASE}[phases.ledger]\naccounts = 3\ncurrencies = [\"USD\", \"EUR\"]\n"),
             "phases[0].ledger.accounts",

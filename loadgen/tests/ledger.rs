@@ -417,8 +417,49 @@ struct Outcome {
 
 /// Runs `PROFILE` against the fake at `addr`, or against the built-in ledger server when `addr` is `None`.
 fn run(dir: &Path, name: &str, addr: Option<SocketAddr>) -> Outcome {
+    run_profile(dir, name, addr, PROFILE)
+}
+
+/// A phase that sends linked chains (some with an item the ledger must refuse), to append to [`PROFILE`].
+const CHAINS_PHASE: &str = r#"
+[[phases]]
+name = "chains"
+target = "ledger"
+model = "open"
+rate_rps = 100
+duration_s = 1.5
+connections = 4
+[phases.ledger]
+accounts = 200
+batch_size = 20
+two_phase_ratio = 0.5
+linked_ratio = 0.3
+linked_fail_ratio = 0.3
+"#;
+
+/// Bare posts and voids and pendings that expire (1 s), with chains, to append to [`PROFILE`].
+const EXPIRY_PHASE: &str = r#"
+[[phases]]
+name = "bare-expiring"
+target = "ledger"
+model = "open"
+rate_rps = 100
+duration_s = 1.5
+connections = 4
+[phases.ledger]
+accounts = 200
+batch_size = 20
+two_phase_ratio = 0.6
+void_ratio = 0.3
+bare_resolve_ratio = 0.5
+pending_timeout_s = 1
+linked_ratio = 0.2
+linked_fail_ratio = 0.2
+"#;
+
+fn run_profile(dir: &Path, name: &str, addr: Option<SocketAddr>, text: &str) -> Outcome {
     let profile = dir.join(format!("{name}.toml"));
-    std::fs::write(&profile, PROFILE).unwrap();
+    std::fs::write(&profile, text).unwrap();
     let out = dir.join(name);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadgen"));
     cmd.arg("run").arg(&profile).arg("--out").arg(&out);
@@ -566,7 +607,8 @@ fn a_ledger_that_drops_acknowledged_transfers_fails_the_run() {
 fn the_builtin_ledger_server_passes_every_check() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let o = run(dir.path(), "builtin", None);
+    let profile = format!("{PROFILE}{CHAINS_PHASE}{EXPIRY_PHASE}");
+    let o = run_profile(dir.path(), "builtin", None, &profile);
     assert_eq!(
         o.code, 0,
         "stderr:\n{}\nstdout:\n{}\nfailures: {:?}",
@@ -582,5 +624,64 @@ fn the_builtin_ledger_server_passes_every_check() {
         assert!(v.acked > 0);
         let sv = v.server_verify.as_ref().expect("GET /verify stored");
         assert!(sv.ok && !sv.head_hash.is_empty());
+    }
+    let phase = |name: &str| {
+        let p = o
+            .result
+            .phases
+            .iter()
+            .find(|p| p.name == name)
+            .expect("phase ran");
+        p.ledger.clone().expect("ledger figures")
+    };
+    for name in ["chains", "bare-expiring"] {
+        let l = phase(name).linked;
+        assert!(l.chains > 0 && l.doomed > 0, "{name}: {l:?}");
+        assert_eq!(l.violations, 0, "{name}: {l:?}");
+        assert!(l.failed >= l.doomed && l.applied > 0, "{name}: {l:?}");
+    }
+    let expiring = phase("bare-expiring");
+    assert!(
+        expiring.two_phase.pending_expiring > 0,
+        "{:?}",
+        expiring.two_phase
+    );
+    assert!(expiring.two_phase.posted + expiring.two_phase.voided > 0);
+}
+
+#[test]
+fn a_ledger_that_ignores_linked_chains_fails_the_run() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // The fake applies every valid item on its own: the rest of a chain with a refused item goes through.
+    let (addr, _fake) = start_fake(Mode::Correct);
+    let profile = format!("{PROFILE}{CHAINS_PHASE}");
+    let o = run_profile(dir.path(), "unlinked", Some(addr), &profile);
+    assert_eq!(o.code, 1, "stderr:\n{}", o.stderr);
+    assert_eq!(schema_violations(&o.raw), Vec::<String>::new());
+    let p = o.result.phases.iter().find(|p| p.name == "chains").unwrap();
+    let l = &p.ledger.as_ref().unwrap().linked;
+    assert!(l.doomed > 0 && l.violations == l.doomed, "{l:?}");
+    assert!(
+        o.result
+            .correctness_failures
+            .iter()
+            .any(|f| f.contains("linked chains were applied in part")),
+        "{:?}",
+        o.result.correctness_failures
+    );
+    // The phases without chains still pass.
+    for p in o.result.phases.iter().filter(|p| p.name != "chains") {
+        assert!(
+            p.ledger
+                .as_ref()
+                .unwrap()
+                .verification
+                .as_ref()
+                .unwrap()
+                .passed,
+            "{}",
+            p.name
+        );
     }
 }

@@ -13,10 +13,10 @@ use refbench_loadgen::plan::{self, CdnWorkload, Env};
 use refbench_loadgen::procs::Sampled;
 use refbench_loadgen::profile::Profile;
 use refbench_loadgen::result::{
-    CdnPrefetch, CdnResult, CdnStorm, LedgerResult, LedgerServerVerify, LedgerTransfers,
-    LedgerTwoPhase, LedgerVerification, OidcResult, OidcRotation, PhaseResult, ProcessResult,
-    Requests, RunResult, SCHEMA_VERSION, SloCheck, SloReport, TargetInfo, TargetProcess,
-    WarmupSummary,
+    CdnPrefetch, CdnResult, CdnStorm, LedgerLinked, LedgerResult, LedgerServerVerify,
+    LedgerTransfers, LedgerTwoPhase, LedgerVerification, OidcResult, OidcRotation, PhaseResult,
+    ProcessResult, Requests, RunResult, SCHEMA_VERSION, SloCheck, SloReport, TargetInfo,
+    TargetProcess, WarmupSummary,
 };
 use serde_json::{Value, json};
 
@@ -443,6 +443,14 @@ rotate_at_s = [2.0]
                     posted: 2,
                     voided: 1,
                     pending_unqueued: 0,
+                    pending_expiring: 1,
+                },
+                linked: LedgerLinked {
+                    chains: 3,
+                    applied: 1,
+                    failed: 2,
+                    doomed: 1,
+                    violations: 0,
                 },
                 verification: Some(LedgerVerification {
                     passed: false,

@@ -7,7 +7,12 @@
 //! only posts and voids, whose target depends on what was acknowledged when, are kept whole ([`LaneLedger`]).
 //!
 //! Expected balances follow `API.md`: a pending transfer reserves its amount (`*_pending`), a post moves the posted
-//! amount to `*_posted` and releases the whole reservation, a void releases it. Every per-lane collection is
+//! amount to `*_posted` and releases the whole reservation, a void releases it. With a pending timeout, a pending
+//! that is never resolved (left in the queue, or its post/void refused) is expected to expire, which releases it
+//! too: the coordinator compares balances only after the timeout has passed.
+//!
+//! Linked chains are checked from the responses: a chain applies all or nothing, and a chain sent with an item
+//! the ledger must refuse (amount zero) applies nothing. Every per-lane collection is
 //! bounded: the two-phase queue by [`PENDING_QUEUE_CAP`], the in-doubt list by [`IN_DOUBT_CAP`] (a lane stops
 //! sending rather than forget an in-doubt transfer), the counter by `u32`.
 
@@ -18,8 +23,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::wire::{
-    ItemResult, MAX_BATCH, RECORD_BYTES, RESULT_BYTES, RESULT_EXISTS, RESULT_NAMES, RESULT_OK,
-    Transfer, currency_code, result_name, transfer_flags,
+    ItemResult, MAX_BATCH, RECORD_BYTES, RESULT_BYTES, RESULT_EXISTS, RESULT_LINKED_EVENT_FAILED,
+    RESULT_NAMES, RESULT_OK, Transfer, currency_code, result_name, transfer_flags,
 };
 use crate::plan::{HttpUrl, LedgerPlan};
 use crate::schedule::mix_seed;
@@ -106,12 +111,19 @@ pub enum ItemKind {
         pending_k: u32,
         /// Sent with amount 0 (the whole reservation).
         full: bool,
+        /// Sent with debit, credit and currency zero (the ledger takes them from the pending).
+        bare: bool,
     },
     /// Voids the pending transfer `pending_k`.
     Void {
         /// Counter of the pending transfer.
         pending_k: u32,
+        /// Sent with debit, credit and currency zero.
+        bare: bool,
     },
+    /// A new transfer sent with amount zero: the ledger must refuse it (`amount_must_not_be_zero`), and with it
+    /// the whole linked chain it is part of.
+    Doomed,
 }
 
 /// One transfer a lane sent, with everything needed to update and check balances.
@@ -131,6 +143,24 @@ pub struct Item {
     pub amount: u64,
     /// Post/void: the reserved amount of the pending transfer; otherwise equal to `amount`.
     pub pending_amount: u64,
+    /// Sent with the `linked` flag: chained to the next item of its batch.
+    pub linked: bool,
+}
+
+impl Item {
+    /// The pending transfer a post or void resolves, as it was queued.
+    fn resolved_pending(&self) -> Option<Item> {
+        match self.kind {
+            ItemKind::Post { pending_k, .. } | ItemKind::Void { pending_k, .. } => Some(Item {
+                k: pending_k,
+                kind: ItemKind::Pending,
+                amount: self.pending_amount,
+                linked: false,
+                ..*self
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl LedgerConfig {
@@ -234,34 +264,50 @@ impl LedgerConfig {
             ItemKind::Post { full: true, .. } | ItemKind::Void { .. } => t.amount = 0,
             _ => {}
         }
+        if let ItemKind::Post { bare: true, .. } | ItemKind::Void { bare: true, .. } = item.kind {
+            t.debit_account_id = 0;
+            t.credit_account_id = 0;
+            t.currency = 0;
+        }
         t
     }
 
     /// The record the ledger must hold for `item` once it is applied (timestamp left zero).
     pub fn stored_record(&self, lane: u16, item: &Item) -> Transfer {
         let (flags, pending_id) = match item.kind {
-            ItemKind::Single => (0, 0),
+            ItemKind::Single | ItemKind::Doomed => (0, 0),
             ItemKind::Pending => (transfer_flags::PENDING, 0),
             ItemKind::Post { pending_k, .. } => (
                 transfer_flags::POST_PENDING_TRANSFER,
                 self.transfer_id(lane, pending_k),
             ),
-            ItemKind::Void { pending_k } => (
+            ItemKind::Void { pending_k, .. } => (
                 transfer_flags::VOID_PENDING_TRANSFER,
                 self.transfer_id(lane, pending_k),
             ),
+        };
+        let linked = if item.linked {
+            transfer_flags::LINKED
+        } else {
+            0
         };
         Transfer {
             id: self.transfer_id(lane, item.k),
             debit_account_id: self.account(item.debit),
             credit_account_id: self.account(item.credit),
-            amount: u128::from(item.amount),
+            amount: match item.kind {
+                ItemKind::Doomed => 0,
+                _ => u128::from(item.amount),
+            },
             pending_id,
             user_data: 0,
-            timeout_s: 0,
+            timeout_s: match item.kind {
+                ItemKind::Pending => self.plan.pending_timeout_s,
+                _ => 0,
+            },
             currency: self.currency(item.currency),
             code: TRANSFER_CODE,
-            flags,
+            flags: flags | linked,
             timestamp: 0,
         }
     }
@@ -297,7 +343,18 @@ pub fn apply(deltas: &mut [Delta], item: &Item) {
             deltas[d][DEBITS_PENDING] -= p;
             deltas[c][CREDITS_PENDING] -= p;
         }
+        // Never applied by a correct ledger (and never counted as applied: see `LaneLedger::on_outcome`).
+        ItemKind::Doomed => {}
     }
+}
+
+/// Applies the expiry of the reservation behind `item`: a pending, or the pending a post or void was meant to
+/// resolve (the ledger releases it when its timeout passes).
+pub fn expire(deltas: &mut [Delta], item: &Item) {
+    use delta::*;
+    let p = i128::from(item.pending_amount);
+    deltas[item.debit as usize][DEBITS_PENDING] -= p;
+    deltas[item.credit as usize][CREDITS_PENDING] -= p;
 }
 
 /// One bit per counter value: which transfers of a lane were acknowledged.
@@ -374,6 +431,21 @@ pub struct LedgerTotals {
     pub voided: u64,
     /// Acknowledged pendings left unresolved because the lane's queue was full.
     pub pending_unqueued: u64,
+    /// Acknowledged pendings expected to expire (with a pending timeout: never resolved, or their post or void
+    /// was refused).
+    pub pending_expiring: u64,
+    /// Linked chains answered.
+    pub chains: u64,
+    /// Of those, applied whole.
+    pub chains_applied: u64,
+    /// Of those, refused whole.
+    pub chains_failed: u64,
+    /// Chains sent with an item the ledger must refuse (each must be refused whole).
+    pub chains_doomed: u64,
+    /// Chains the ledger applied in part, or applied although they carried a refused item.
+    pub chain_violations: u64,
+    /// Up to [`MAX_EXAMPLES`] violated chains, described.
+    pub chain_examples: Vec<String>,
     /// Lanes that stopped early (counter exhausted or in-doubt list full).
     pub lanes_stopped: u64,
     /// Expected balance changes, by account index.
@@ -392,6 +464,13 @@ impl LedgerTotals {
             posted: 0,
             voided: 0,
             pending_unqueued: 0,
+            pending_expiring: 0,
+            chains: 0,
+            chains_applied: 0,
+            chains_failed: 0,
+            chains_doomed: 0,
+            chain_violations: 0,
+            chain_examples: Vec::new(),
             lanes_stopped: 0,
             deltas: vec![[0; 4]; accounts as usize],
         }
@@ -460,6 +539,8 @@ pub struct LaneLedger {
     pub acked: AckBitmap,
     /// Acknowledged posts and voids, ascending by `k` (their fields depend on the queue, so they are kept whole).
     pub resolutions: Vec<Item>,
+    /// Acknowledged transfers sent with the `linked` flag (chains depend on the lane's draws, not only on `k`).
+    pub linked_acked: AckBitmap,
     /// Transfers whose outcome is unknown.
     pub in_doubt: Vec<Item>,
 }
@@ -485,6 +566,7 @@ impl LaneLedger {
             response: Vec::with_capacity(batch * RESULT_BYTES),
             acked: AckBitmap::default(),
             resolutions: Vec::new(),
+            linked_acked: AckBitmap::default(),
             in_doubt: Vec::new(),
         }
     }
@@ -499,20 +581,50 @@ impl LaneLedger {
             return false;
         }
         self.inflight.clear();
+        let plan = &cfg.plan;
+        // Items of the current linked chain still to build (this one included), and the countdown value at which
+        // the chain's doomed item comes (0: none).
+        let (mut chain_left, mut doomed_at) = (0u32, 0u32);
         for slot in 0..batch {
             let k = self.next_k;
             self.next_k += 1;
-            let resolve = !self.queue.is_empty()
+            // Never at slot 0, so a request whose chain fails still applies its first item (and answers 200).
+            if chain_left == 0
+                && slot > 0
+                && plan.linked_ratio > 0.0
+                && self.rng.random::<f64>() < plan.linked_ratio
+            {
+                let room = (batch - slot) as u32;
+                if room >= 2 {
+                    chain_left = self.rng.random_range(2..=plan.linked_chain_max).min(room);
+                    doomed_at = if self.rng.random::<f64>() < plan.linked_fail_ratio {
+                        self.rng.random_range(1..=chain_left)
+                    } else {
+                        0
+                    };
+                }
+            }
+            let linked = chain_left > 1;
+            let doomed = chain_left > 0 && chain_left == doomed_at;
+            chain_left = chain_left.saturating_sub(1);
+            let resolve = !doomed
+                && !self.queue.is_empty()
                 && (self.queue.len() >= PENDING_QUEUE_CAP
                     || self.rng.random::<f64>() < cfg.p_resolve);
             let item = if resolve {
                 let p = self.queue.pop_front().expect("non-empty");
+                let bare = plan.bare_resolve_ratio > 0.0
+                    && self.rng.random::<f64>() < plan.bare_resolve_ratio;
                 if self.rng.random::<f64>() < cfg.plan.void_ratio {
                     Item {
                         k,
-                        kind: ItemKind::Void { pending_k: p.k },
+                        kind: ItemKind::Void {
+                            pending_k: p.k,
+                            bare,
+                        },
                         amount: p.amount,
                         pending_amount: p.amount,
+                        linked,
                         ..p
                     }
                 } else {
@@ -527,9 +639,11 @@ impl LaneLedger {
                         kind: ItemKind::Post {
                             pending_k: p.k,
                             full,
+                            bare,
                         },
                         amount,
                         pending_amount: p.amount,
+                        linked,
                         ..p
                     }
                 }
@@ -537,7 +651,9 @@ impl LaneLedger {
                 let n = cfg.new_transfer(self.seed, k);
                 Item {
                     k,
-                    kind: if n.pending {
+                    kind: if doomed {
+                        ItemKind::Doomed
+                    } else if n.pending {
                         ItemKind::Pending
                     } else {
                         ItemKind::Single
@@ -547,6 +663,7 @@ impl LaneLedger {
                     credit: n.credit,
                     amount: n.amount,
                     pending_amount: n.amount,
+                    linked,
                 }
             };
             let at = self.head_len + slot * RECORD_BYTES;
@@ -554,24 +671,39 @@ impl LaneLedger {
                 .encode_into(&mut self.request[at..at + RECORD_BYTES]);
             self.inflight.push(item);
         }
+        debug_assert_eq!(chain_left, 0, "chains end inside their batch");
         true
     }
 
     /// Accounts for the response (or its absence) to the batch `build` made.
-    pub fn on_outcome(&mut self, totals: &mut LedgerTotals, outcome: BatchOutcome<'_>) {
+    pub fn on_outcome(
+        &mut self,
+        cfg: &LedgerConfig,
+        totals: &mut LedgerTotals,
+        outcome: BatchOutcome<'_>,
+    ) {
         let n = self.inflight.len();
         totals.sent += n as u64;
         match outcome {
             BatchOutcome::Response(200 | 422, body) if body.len() == n * RESULT_BYTES => {
                 // Index loop: the batch buffer is reused, never moved out (no allocation per response).
+                // The current chain: first index, items applied, whether it carries a doomed item.
+                let (mut start, mut applied, mut doomed) = (0, 0, false);
                 for i in 0..n {
                     let item = self.inflight[i];
                     let r = ItemResult::decode(&body[i * RESULT_BYTES..(i + 1) * RESULT_BYTES]);
                     totals.count_code(r.code, 1);
                     if r.applied() {
-                        self.applied(totals, item);
+                        applied += 1;
+                        self.applied(cfg, totals, item);
+                    } else {
+                        self.refused(cfg, totals, item, r.code);
                     }
-                    // A failed post or void leaves its pending reserved; it is not retried.
+                    doomed |= item.kind == ItemKind::Doomed;
+                    if !item.linked {
+                        self.chain_answered(cfg, totals, start..i + 1, applied, doomed, body);
+                        (start, applied, doomed) = (i + 1, 0, false);
+                    }
                 }
             }
             // The API says these change nothing.
@@ -583,23 +715,36 @@ impl LaneLedger {
             }
             BatchOutcome::Response(..) | BatchOutcome::InDoubt => {
                 totals.in_doubt += n as u64;
-                self.in_doubt.append(&mut self.inflight);
+                // A doomed item cannot have been applied by a correct ledger: nothing to look up.
+                self.in_doubt.extend(
+                    self.inflight
+                        .iter()
+                        .filter(|it| it.kind != ItemKind::Doomed),
+                );
             }
         }
         self.inflight.clear();
     }
 
-    fn applied(&mut self, totals: &mut LedgerTotals, item: Item) {
+    fn applied(&mut self, cfg: &LedgerConfig, totals: &mut LedgerTotals, item: Item) {
         self.acked.set(item.k);
+        if item.linked {
+            self.linked_acked.set(item.k);
+        }
         apply(&mut totals.deltas, &item);
         match item.kind {
-            ItemKind::Single => {}
+            // A chain-breaking item the ledger applied: `chain_answered` reports it.
+            ItemKind::Single | ItemKind::Doomed => {}
             ItemKind::Pending => {
                 totals.pending_created += 1;
                 if self.queue.len() < PENDING_QUEUE_CAP {
                     self.queue.push_back(item);
                 } else {
                     totals.pending_unqueued += 1;
+                    if cfg.plan.pending_timeout_s > 0 {
+                        expire(&mut totals.deltas, &item);
+                        totals.pending_expiring += 1;
+                    }
                 }
             }
             ItemKind::Post { .. } => {
@@ -610,6 +755,83 @@ impl LaneLedger {
                 totals.voided += 1;
                 self.resolutions.push(item);
             }
+        }
+    }
+
+    /// A refused item: a post or void refused only because its chain failed leaves its pending pending, so it goes
+    /// back to the queue; any other refused post or void leaves it reserved until it expires (with a timeout) or
+    /// for good. Refused posts and voids are not retried.
+    fn refused(&mut self, cfg: &LedgerConfig, totals: &mut LedgerTotals, item: Item, code: u32) {
+        let Some(pending) = item.resolved_pending() else {
+            return;
+        };
+        if code == RESULT_LINKED_EVENT_FAILED && self.queue.len() < PENDING_QUEUE_CAP {
+            self.queue.push_back(pending);
+        } else if cfg.plan.pending_timeout_s > 0 {
+            expire(&mut totals.deltas, &pending);
+            totals.pending_expiring += 1;
+        }
+    }
+
+    /// Checks the answered chain `range` of the in-flight batch (a lone item is not a chain): all or nothing, and
+    /// nothing when it carries a doomed item.
+    fn chain_answered(
+        &self,
+        cfg: &LedgerConfig,
+        totals: &mut LedgerTotals,
+        range: std::ops::Range<usize>,
+        applied: usize,
+        doomed: bool,
+        body: &[u8],
+    ) {
+        let len = range.len();
+        if len < 2 {
+            return;
+        }
+        totals.chains += 1;
+        totals.chains_doomed += u64::from(doomed);
+        let whole = applied == len && !doomed;
+        if whole {
+            totals.chains_applied += 1;
+        } else if applied == 0 {
+            totals.chains_failed += 1;
+        } else {
+            totals.chain_violations += 1;
+            if totals.chain_examples.len() < MAX_EXAMPLES {
+                let items: Vec<String> = range
+                    .map(|i| {
+                        let it = &self.inflight[i];
+                        let r = ItemResult::decode(&body[i * RESULT_BYTES..(i + 1) * RESULT_BYTES]);
+                        format!(
+                            "{:#x} {:?}: {}",
+                            cfg.transfer_id(self.lane, it.k),
+                            it.kind,
+                            result_name(r.code)
+                        )
+                    })
+                    .collect();
+                totals.chain_examples.push(format!(
+                    "linked chain applied {applied} of {len} items{}: {}",
+                    if doomed {
+                        " although it carried an amount-zero item"
+                    } else {
+                        ""
+                    },
+                    items.join(", ")
+                ));
+            }
+        }
+    }
+
+    /// With a pending timeout: every pending still queued is left to expire (call once, after the lane's last
+    /// response).
+    pub fn abandon_queue(&mut self, cfg: &LedgerConfig, totals: &mut LedgerTotals) {
+        if cfg.plan.pending_timeout_s == 0 {
+            return;
+        }
+        for p in self.queue.drain(..) {
+            expire(&mut totals.deltas, &p);
+            totals.pending_expiring += 1;
         }
     }
 
@@ -631,6 +853,7 @@ impl LaneLedger {
             credit: n.credit,
             amount: n.amount,
             pending_amount: n.amount,
+            linked: self.linked_acked.contains(k),
         }
     }
 }
@@ -658,6 +881,20 @@ pub struct LedgerWorkerReport {
     pub voided: u64,
     /// Pendings left reserved because a lane's queue was full.
     pub pending_unqueued: u64,
+    /// Pendings expected to expire.
+    pub pending_expiring: u64,
+    /// Linked chains answered.
+    pub chains: u64,
+    /// Of those, applied whole.
+    pub chains_applied: u64,
+    /// Of those, refused whole.
+    pub chains_failed: u64,
+    /// Chains sent with an item the ledger must refuse.
+    pub chains_doomed: u64,
+    /// Chains applied in part (or despite a refused item).
+    pub chain_violations: u64,
+    /// Examples of violated chains.
+    pub chain_examples: Vec<String>,
     /// Lanes that stopped early.
     pub lanes_stopped: u64,
     /// Lookup checks of the acknowledged and in-doubt transfers (none when `verify = false`).
@@ -681,6 +918,13 @@ impl LedgerWorkerReport {
             posted: totals.posted,
             voided: totals.voided,
             pending_unqueued: totals.pending_unqueued,
+            pending_expiring: totals.pending_expiring,
+            chains: totals.chains,
+            chains_applied: totals.chains_applied,
+            chains_failed: totals.chains_failed,
+            chains_doomed: totals.chains_doomed,
+            chain_violations: totals.chain_violations,
+            chain_examples: totals.chain_examples.clone(),
             lanes_stopped: totals.lanes_stopped,
             checks,
             deltas: totals.touched(),
@@ -790,6 +1034,11 @@ mod tests {
             zipf_exponent: 1.0,
             two_phase_ratio,
             void_ratio: 0.3,
+            bare_resolve_ratio: 0.0,
+            pending_timeout_s: 0,
+            linked_ratio: 0.0,
+            linked_chain_max: 4,
+            linked_fail_ratio: 0.1,
             amount_max: 1000,
             verify: true,
             seed: 7,
@@ -865,6 +1114,7 @@ mod tests {
             credit: 2,
             amount: 100,
             pending_amount: 100,
+            linked: false,
         };
         apply(&mut d, &pending);
         assert_eq!(d[0], [100, 0, 0, 0]);
@@ -877,6 +1127,7 @@ mod tests {
                 kind: ItemKind::Post {
                     pending_k: 1,
                     full: false,
+                    bare: false,
                 },
                 amount: 30,
                 ..pending
@@ -890,7 +1141,10 @@ mod tests {
             &mut d,
             &Item {
                 k: 4,
-                kind: ItemKind::Void { pending_k: 3 },
+                kind: ItemKind::Void {
+                    pending_k: 3,
+                    bare: true,
+                },
                 ..pending
             },
         );
@@ -904,6 +1158,7 @@ mod tests {
                 kind: ItemKind::Post {
                     pending_k: 5,
                     full: true,
+                    bare: false,
                 },
                 ..pending
             },
@@ -948,6 +1203,7 @@ mod tests {
                     ItemKind::Void { .. } => assert_eq!((t.flags, t.amount), (8, 0)),
                     ItemKind::Pending => assert_eq!(t.flags, transfer_flags::PENDING),
                     ItemKind::Single => assert_eq!(t.flags, 0),
+                    ItemKind::Doomed => panic!("no chains in this stream"),
                 }
             }
             let outcome = if round == 50 {
@@ -960,7 +1216,7 @@ mod tests {
                 BatchOutcome::Response(s, _) => BatchOutcome::Response(s, &results),
                 o => o,
             };
-            lane.on_outcome(&mut totals, outcome);
+            lane.on_outcome(&c, &mut totals, outcome);
         }
         assert_eq!(totals.sent, 1600);
         assert_eq!(totals.in_doubt, 8);
@@ -972,7 +1228,8 @@ mod tests {
         // Every post/void resolves an acknowledged pending of this lane, once.
         let mut resolved = std::collections::HashSet::new();
         for r in &lane.resolutions {
-            let (ItemKind::Post { pending_k, .. } | ItemKind::Void { pending_k }) = r.kind else {
+            let (ItemKind::Post { pending_k, .. } | ItemKind::Void { pending_k, .. }) = r.kind
+            else {
                 panic!("not a resolution")
             };
             assert!(lane.acked.contains(pending_k));
@@ -1011,11 +1268,11 @@ mod tests {
         for code in [0, 11, 1] {
             ItemResult { code, timestamp: 0 }.encode_into(&mut body);
         }
-        lane.on_outcome(&mut totals, BatchOutcome::Response(200, &body));
+        lane.on_outcome(&c, &mut totals, BatchOutcome::Response(200, &body));
         assert!(lane.build(&c));
-        lane.on_outcome(&mut totals, BatchOutcome::Response(503, b"{}"));
+        lane.on_outcome(&c, &mut totals, BatchOutcome::Response(503, b"{}"));
         assert!(lane.build(&c));
-        lane.on_outcome(&mut totals, BatchOutcome::Response(200, b"short"));
+        lane.on_outcome(&c, &mut totals, BatchOutcome::Response(200, b"short"));
         let f = totals.failed_by_code();
         assert_eq!(f["debit_account_not_found"], 1);
         assert_eq!(f["linked_event_failed"], 1);
@@ -1061,6 +1318,198 @@ mod tests {
         match_lookup(&expected[..1], &zero_ts, &mut checks).unwrap();
         assert_eq!(checks.field_mismatches, 1);
         assert!(match_lookup(&expected[..1], &found[..10], &mut checks).is_err());
+    }
+
+    /// Results a correct ledger gives `items`: a chain with a doomed item fails whole (the doomed item with
+    /// `amount_must_not_be_zero`, the others `linked_event_failed`); `refuse(item)` may refuse other items with a
+    /// code, which fails their chain the same way. With `chains_atomic = false` the "ledger" ignores `linked`.
+    fn answer(
+        items: &[Item],
+        chains_atomic: bool,
+        refuse: impl Fn(&Item) -> Option<u32>,
+    ) -> Vec<u8> {
+        let own = |it: &Item| {
+            if it.kind == ItemKind::Doomed {
+                Some(15)
+            } else {
+                refuse(it)
+            }
+        };
+        let mut codes = vec![RESULT_OK; items.len()];
+        let mut start = 0;
+        for (i, it) in items.iter().enumerate() {
+            if it.linked {
+                continue;
+            }
+            let chain = start..i + 1;
+            start = i + 1;
+            if !chains_atomic {
+                for j in chain {
+                    codes[j] = own(&items[j]).unwrap_or(RESULT_OK);
+                }
+                continue;
+            }
+            if let Some(bad) = chain.clone().find(|&j| own(&items[j]).is_some()) {
+                for j in chain {
+                    codes[j] = RESULT_LINKED_EVENT_FAILED;
+                }
+                codes[bad] = own(&items[bad]).expect("found");
+            }
+        }
+        let mut v = Vec::new();
+        for code in codes {
+            ItemResult {
+                code,
+                timestamp: u64::from(code == RESULT_OK),
+            }
+            .encode_into(&mut v);
+        }
+        v
+    }
+
+    fn pending_sums(totals: &LedgerTotals) -> (i128, i128) {
+        totals.deltas.iter().fold((0, 0), |(d, c), x| {
+            (d + x[delta::DEBITS_PENDING], c + x[delta::CREDITS_PENDING])
+        })
+    }
+
+    #[test]
+    fn chains_stay_inside_batches_and_are_checked_whole() {
+        let plan = LedgerPlan {
+            linked_ratio: 0.4,
+            linked_chain_max: 5,
+            linked_fail_ratio: 0.3,
+            ..plan(0.5, 8)
+        };
+        let c = LedgerConfig::new(&plan, 1, 0, &HttpUrl::parse("http://127.0.0.1:1").unwrap());
+        let mut lane = LaneLedger::new(&c, 0, 0);
+        let mut totals = LedgerTotals::new(100);
+        let (mut doomed_sent, mut linked_sent) = (0, 0);
+        for _ in 0..300 {
+            assert!(lane.build(&c));
+            let items = lane.inflight.clone();
+            assert!(!items[0].linked, "slot 0 never starts a chain");
+            assert!(!items[7].linked, "a chain never crosses the batch end");
+            for (slot, (it, rec)) in items
+                .iter()
+                .zip(lane.request[lane.head_len..].chunks_exact(RECORD_BYTES))
+                .enumerate()
+            {
+                let t = Transfer::decode(rec);
+                assert_eq!(t.flags & transfer_flags::LINKED != 0, it.linked);
+                linked_sent += u32::from(it.linked);
+                if it.kind == ItemKind::Doomed {
+                    doomed_sent += 1;
+                    assert_eq!(t.amount, 0);
+                    assert!(slot > 0, "slot 0 is never part of a chain");
+                    assert!(
+                        it.linked || items[slot - 1].linked,
+                        "doomed items sit in chains"
+                    );
+                }
+            }
+            let body = answer(&items, true, |_| None);
+            lane.on_outcome(&c, &mut totals, BatchOutcome::Response(200, &body));
+        }
+        assert!(
+            linked_sent > 300 && doomed_sent > 30,
+            "{linked_sent} {doomed_sent}"
+        );
+        assert_eq!(totals.chains_doomed, doomed_sent);
+        assert_eq!(totals.chain_violations, 0);
+        // Only doomed chains fail here, and every chain is counted once.
+        assert_eq!(totals.chains_failed, totals.chains_doomed);
+        assert_eq!(totals.chains, totals.chains_applied + totals.chains_failed);
+        // Posts and voids refused with their chain went back to the queue and were resolved later: every acked
+        // pending is resolved once at most, and the replay of acknowledged items gives the totals.
+        let mut replay = vec![[0i128; 4]; 100];
+        for k in lane.acked.iter() {
+            let it = lane.acked_item(&c, k);
+            assert_ne!(it.kind, ItemKind::Doomed);
+            apply(&mut replay, &it);
+            // Recomputed records carry the linked flag they were sent with.
+            let sent = c.stored_record(0, &it);
+            assert_eq!(
+                sent.flags & transfer_flags::LINKED != 0,
+                lane.linked_acked.contains(k)
+            );
+        }
+        assert_eq!(replay, totals.deltas);
+
+        // A ledger that ignores `linked` applies the rest of a doomed chain: every doomed chain is a violation.
+        let mut lane = LaneLedger::new(&c, 0, 0);
+        let mut totals = LedgerTotals::new(100);
+        for _ in 0..300 {
+            assert!(lane.build(&c));
+            let body = answer(&lane.inflight.clone(), false, |_| None);
+            lane.on_outcome(&c, &mut totals, BatchOutcome::Response(200, &body));
+        }
+        assert!(totals.chains_doomed > 10);
+        assert_eq!(totals.chain_violations, totals.chains_doomed);
+        assert!(!totals.chain_examples.is_empty());
+        assert!(totals.chain_examples[0].contains("amount_must_not_be_zero"));
+    }
+
+    #[test]
+    fn bare_resolutions_and_expiring_pendings() {
+        let plan = LedgerPlan {
+            bare_resolve_ratio: 1.0,
+            pending_timeout_s: 5,
+            ..plan(1.0, 8)
+        };
+        let c = LedgerConfig::new(&plan, 1, 0, &HttpUrl::parse("http://127.0.0.1:1").unwrap());
+        let mut lane = LaneLedger::new(&c, 0, 0);
+        let mut totals = LedgerTotals::new(100);
+        let mut resolutions = 0;
+        for round in 0..200 {
+            assert!(lane.build(&c));
+            let items = lane.inflight.clone();
+            for (it, rec) in items
+                .iter()
+                .zip(lane.request[lane.head_len..].chunks_exact(RECORD_BYTES))
+            {
+                let t = Transfer::decode(rec);
+                match it.kind {
+                    ItemKind::Post { bare, .. } | ItemKind::Void { bare, .. } => {
+                        assert!(bare);
+                        assert_eq!(
+                            (t.debit_account_id, t.credit_account_id, t.currency),
+                            (0, 0, 0)
+                        );
+                        // The stored record carries the pending's accounts and currency.
+                        let stored = c.stored_record(0, it);
+                        assert_ne!(stored.debit_account_id, 0);
+                        assert_ne!(stored.currency, 0);
+                        resolutions += 1;
+                    }
+                    ItemKind::Pending => assert_eq!(t.timeout_s, 5),
+                    _ => assert_eq!(t.timeout_s, 0),
+                }
+            }
+            // Every third post arrives after its pending expired.
+            let body = answer(&items, true, |it| {
+                matches!(it.kind, ItemKind::Post { .. } if it.k % 3 == 0).then_some(25)
+            });
+            let outcome = if round == 100 {
+                BatchOutcome::InDoubt
+            } else {
+                BatchOutcome::Response(200, &body)
+            };
+            lane.on_outcome(&c, &mut totals, outcome);
+        }
+        assert!(resolutions > 200, "{resolutions}");
+        assert!(totals.by_code[25] > 20);
+        // Before the end, some reservations are still held; once the queue is left to expire and the in-doubt
+        // batch is settled (here: not applied, so its posts' pendings expire), nothing stays reserved.
+        assert_ne!(pending_sums(&totals), (0, 0));
+        lane.abandon_queue(&c, &mut totals);
+        for it in &lane.in_doubt {
+            if matches!(it.kind, ItemKind::Post { .. } | ItemKind::Void { .. }) {
+                expire(&mut totals.deltas, it);
+            }
+        }
+        assert_eq!(pending_sums(&totals), (0, 0));
+        assert!(totals.pending_expiring > totals.by_code[25]);
     }
 
     #[test]

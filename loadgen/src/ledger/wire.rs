@@ -60,6 +60,8 @@ pub const RESULT_NAMES: [&str; 32] = [
 
 /// Result code `ok`: applied.
 pub const RESULT_OK: u32 = 0;
+/// Result code `linked_event_failed`: another item of the linked chain failed.
+pub const RESULT_LINKED_EVENT_FAILED: u32 = 1;
 /// Result code `exists`: the same id with the same fields was applied before.
 pub const RESULT_EXISTS: u32 = 3;
 
