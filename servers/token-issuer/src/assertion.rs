@@ -9,7 +9,7 @@
 //!
 //! [`ReplayCache`] remembers `jti`s until their assertion expires, bounded like the revocation set.
 
-use std::collections::HashMap;
+use crate::expiring::ExpiringSet;
 use std::sync::{Mutex, PoisonError};
 
 use aws_lc_rs::digest;
@@ -497,37 +497,19 @@ pub enum ReplayError {
     },
 }
 
-struct ReplayInner {
-    /// Key: the first 16 bytes of SHA-256(namespace NUL jti); value: until when it is kept.
-    until_s: HashMap<u128, u64>,
-    /// The smallest value in `until_s`: no sweep before then can free anything.
-    earliest_s: u64,
-}
-
 /// `jti`s seen, per namespace (a client id or an issuer), each kept until its JWT expires (bounded; see the module
-/// docs). Only the assertion grants and `private_key_jwt` touch it, never `client_credentials` with a secret.
+/// docs). Key: the first 16 bytes of SHA-256(namespace NUL jti). Only the assertion grants and `private_key_jwt`
+/// touch it, never `client_credentials` with a secret.
+#[derive(Debug)]
 pub struct ReplayCache {
-    inner: Mutex<ReplayInner>,
-    max_entries: usize,
-}
-
-impl std::fmt::Debug for ReplayCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplayCache")
-            .field("max_entries", &self.max_entries)
-            .finish_non_exhaustive()
-    }
+    inner: Mutex<ExpiringSet>,
 }
 
 impl ReplayCache {
     /// An empty cache holding at most `max_entries` ids.
     pub fn new(max_entries: usize) -> ReplayCache {
         ReplayCache {
-            inner: Mutex::new(ReplayInner {
-                until_s: HashMap::new(),
-                earliest_s: u64::MAX,
-            }),
-            max_entries: max_entries.max(1),
+            inner: Mutex::new(ExpiringSet::new(max_entries)),
         }
     }
 
@@ -552,36 +534,24 @@ impl ReplayCache {
         let mut k = [0u8; 16];
         k.copy_from_slice(&d.as_ref()[..16]);
         let key = u128::from_le_bytes(k);
-        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(&u) = g.until_s.get(&key) {
-            if now_s < u {
-                return Err(ReplayError::Replayed);
-            }
+        let mut set = self.set();
+        if set.live(key, now_s) {
+            return Err(ReplayError::Replayed);
         }
-        if !g.until_s.contains_key(&key) && g.until_s.len() >= self.max_entries {
-            if now_s >= g.earliest_s {
-                g.until_s.retain(|_, u| now_s < *u);
-                g.earliest_s = g.until_s.values().copied().min().unwrap_or(u64::MAX);
-            }
-            if g.until_s.len() >= self.max_entries {
-                return Err(ReplayError::Full {
-                    entries: g.until_s.len(),
-                    retry_after_s: g.earliest_s.saturating_sub(now_s).max(1),
-                });
-            }
-        }
-        g.until_s.insert(key, until_s);
-        g.earliest_s = g.earliest_s.min(until_s);
-        Ok(())
+        set.keep(key, until_s, now_s)
+            .map_err(|f| ReplayError::Full {
+                entries: f.entries,
+                retry_after_s: f.retry_after_s,
+            })
     }
 
     /// Entries held (expired ones included until a sweep).
     pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .until_s
-            .len()
+        self.set().len()
+    }
+
+    fn set(&self) -> std::sync::MutexGuard<'_, ExpiringSet> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether the cache is empty.

@@ -55,6 +55,7 @@ pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod expiring;
 pub mod fetch;
 pub mod form;
 pub mod grants;

@@ -1,15 +1,15 @@
 //! The revocation set: the `jti`s of revoked access tokens, each kept until the token would have expired anyway
 //! (its `exp` plus the clock leeway), after which verification refuses it on its own.
 //!
-//! Bounded: at most `max_entries` ids (config `max_revoked_tokens`, default 1,000,000, about 40 MB). Expired
-//! entries are swept when the set is full; if none has expired yet the revocation is refused (the endpoint answers
-//! 503 `temporarily_unavailable`, which RFC 7009 §2.2.1 tells clients to retry), and the refusal costs O(1) because
-//! the earliest expiry in the set is tracked: a sweep that could free nothing is never run.
+//! Bounded: at most `max_entries` ids (config `max_revoked_tokens`, default 1,000,000, about 40 MB), in an
+//! [`ExpiringSet`]: expired entries are swept when the set is full; if none has expired yet the revocation is
+//! refused (the endpoint answers 503 `temporarily_unavailable`, which RFC 7009 §2.2.1 tells clients to retry).
 
-use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use aws_lc_rs::digest;
+
+use crate::expiring::ExpiringSet;
 
 /// The set is full and nothing in it has expired yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -23,27 +23,11 @@ pub struct RevocationFull {
     pub retry_after_s: u64,
 }
 
-struct Inner {
-    /// Key: the first 16 bytes of SHA-256(jti) (fixed size whatever the jti; collisions are ~2^-64 at a billion
-    /// entries). Value: until when it is kept.
-    until_s: HashMap<u128, u64>,
-    /// The smallest value in `until_s` (`u64::MAX` when empty): no sweep before then can free anything.
-    earliest_s: u64,
-}
-
-/// Revoked token ids with their expiry (see the module docs).
+/// Revoked token ids with their expiry (see the module docs). Key: the first 16 bytes of SHA-256(jti) (fixed size
+/// whatever the jti; collisions are ~2^-64 at a billion entries).
+#[derive(Debug)]
 pub struct Revocations {
-    inner: Mutex<Inner>,
-    max_entries: usize,
-}
-
-impl std::fmt::Debug for Revocations {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Revocations")
-            .field("max_entries", &self.max_entries)
-            .field("len", &self.len())
-            .finish()
-    }
+    inner: Mutex<ExpiringSet>,
 }
 
 fn key(jti: &str) -> u128 {
@@ -57,11 +41,7 @@ impl Revocations {
     /// An empty set holding at most `max_entries` ids.
     pub fn new(max_entries: usize) -> Revocations {
         Revocations {
-            inner: Mutex::new(Inner {
-                until_s: HashMap::new(),
-                earliest_s: u64::MAX,
-            }),
-            max_entries: max_entries.max(1),
+            inner: Mutex::new(ExpiringSet::new(max_entries)),
         }
     }
 
@@ -70,57 +50,36 @@ impl Revocations {
         if until_s <= now_s {
             return Ok(()); // already expired: verification refuses it without us
         }
-        let k = key(jti);
-        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if !g.until_s.contains_key(&k) && g.until_s.len() >= self.max_entries {
-            if now_s >= g.earliest_s {
-                Self::sweep_locked(&mut g, now_s);
-            }
-            if g.until_s.len() >= self.max_entries {
-                return Err(RevocationFull {
-                    entries: g.until_s.len(),
-                    retry_after_s: g.earliest_s.saturating_sub(now_s).max(1),
-                });
-            }
-        }
-        let e = g.until_s.entry(k).or_insert(until_s);
-        *e = (*e).max(until_s);
-        g.earliest_s = g.earliest_s.min(until_s);
-        Ok(())
+        self.set()
+            .keep(key(jti), until_s, now_s)
+            .map_err(|f| RevocationFull {
+                entries: f.entries,
+                retry_after_s: f.retry_after_s,
+            })
     }
 
     /// Whether `jti` is revoked at `now_s`.
     pub fn is_revoked(&self, jti: &str, now_s: u64) -> bool {
-        let k = key(jti);
-        let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        g.until_s.get(&k).is_some_and(|&u| now_s < u)
+        self.set().live(key(jti), now_s)
     }
 
     /// Drops expired entries; returns how many.
     pub fn sweep(&self, now_s: u64) -> usize {
-        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        Self::sweep_locked(&mut g, now_s)
-    }
-
-    fn sweep_locked(g: &mut Inner, now_s: u64) -> usize {
-        let before = g.until_s.len();
-        g.until_s.retain(|_, u| now_s < *u);
-        g.earliest_s = g.until_s.values().copied().min().unwrap_or(u64::MAX);
-        before - g.until_s.len()
+        self.set().sweep(now_s)
     }
 
     /// Entries held (expired ones included until a sweep).
     pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .until_s
-            .len()
+        self.set().len()
     }
 
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn set(&self) -> std::sync::MutexGuard<'_, ExpiringSet> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
