@@ -49,6 +49,9 @@ struct Inner {
     /// One audit at a time: a verify reads the whole log.
     verify_slot: Semaphore,
     rejected: metrics::Counter,
+    /// `ledger_request_writer_seconds`: from queueing a job to this request's task holding the answer (the
+    /// writer's queue, apply, flush, and the HTTP thread picking the answer up).
+    writer_seconds: metrics::Histogram,
 }
 
 impl std::fmt::Debug for LedgerApp {
@@ -68,6 +71,7 @@ impl LedgerApp {
                 data_dir,
                 verify_slot: Semaphore::new(1),
                 rejected: metrics::counter!("ledger_rejected_requests_total"),
+                writer_seconds: metrics::histogram!("ledger_request_writer_seconds"),
             }),
         }
     }
@@ -278,6 +282,7 @@ impl LedgerApp {
 
     #[allow(clippy::result_large_err)] // see request_format
     async fn ask(&self, op: Op) -> Result<Reply, Resp> {
+        let asked = std::time::Instant::now();
         let rx = match self.inner.writer.submit(op) {
             Ok(rx) => rx,
             Err(SubmitError::Full) => {
@@ -293,7 +298,11 @@ impl LedgerApp {
                 ));
             }
         };
-        match rx.await {
+        let answer = rx.await;
+        self.inner
+            .writer_seconds
+            .record(asked.elapsed().as_secs_f64());
+        match answer {
             Ok(Reply::Unavailable(reason)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, &reason)),
             Ok(r) => Ok(r),
             Err(_) => Err(error(

@@ -21,6 +21,10 @@ pub struct LedgerMetrics {
     pub fsync_seconds: Histogram,
     /// `ledger_apply_seconds`: time applying one group before its flush.
     pub apply_seconds: Histogram,
+    /// `ledger_job_queue_seconds`: from a request's job being queued to the writer applying it.
+    pub job_queue_seconds: Histogram,
+    /// `ledger_job_durable_seconds`: from a job being queued to its group being durable (its answer sent).
+    pub job_durable_seconds: Histogram,
     /// `ledger_records_total`: log records written.
     pub records: Counter,
     /// `ledger_log_bytes_total`: log bytes written.
@@ -64,6 +68,8 @@ impl LedgerMetrics {
             group_jobs: histogram!("ledger_group_jobs"),
             fsync_seconds: histogram!("ledger_fsync_seconds"),
             apply_seconds: histogram!("ledger_apply_seconds"),
+            job_queue_seconds: histogram!("ledger_job_queue_seconds"),
+            job_durable_seconds: histogram!("ledger_job_durable_seconds"),
             records: counter!("ledger_records_total"),
             log_bytes: counter!("ledger_log_bytes_total"),
             preallocated_bytes: counter!("ledger_preallocated_bytes_total"),

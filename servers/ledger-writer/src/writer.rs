@@ -113,6 +113,8 @@ pub struct Job {
     pub op: Op,
     /// Where the answer goes (after the group's flush).
     pub reply: oneshot::Sender<Reply>,
+    /// When it was queued (for `ledger_job_queue_seconds` and `ledger_job_durable_seconds`).
+    pub queued: Instant,
 }
 
 /// How the writer batches and checkpoints.
@@ -255,7 +257,11 @@ impl WriterHandle {
             return Err(SubmitError::Stopped);
         }
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { op, reply }) {
+        match self.tx.try_send(Job {
+            op,
+            reply,
+            queued: Instant::now(),
+        }) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(SubmitError::Full),
             Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
@@ -470,6 +476,9 @@ impl Writer {
     /// the group is durable.
     fn apply(&mut self, group: &mut Group, job: Job) {
         let started = Instant::now();
+        self.metrics
+            .job_queue_seconds
+            .record(started.saturating_duration_since(job.queued).as_secs_f64());
         let now = group.now;
         group.items += op_items(&job.op);
         let reply = match &job.op {
@@ -558,7 +567,11 @@ impl Writer {
                 return false;
             }
         }
+        let durable = Instant::now();
         for (job, reply) in group.jobs.drain(..).zip(group.replies.drain(..)) {
+            self.metrics
+                .job_durable_seconds
+                .record(durable.saturating_duration_since(job.queued).as_secs_f64());
             // A client that went away does not matter: its write is durable either way.
             let _ = job.reply.send(reply);
         }

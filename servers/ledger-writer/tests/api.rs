@@ -750,3 +750,59 @@ async fn pending_transfer_expires_durably() {
     drop(conn);
     server.term();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_split_each_request_into_queue_flush_and_hand_off() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"), &[]);
+    let mut conn = Conn::connect(server.http).await.expect("connect");
+    let r = conn
+        .post_json(
+            "/accounts",
+            &json!({"accounts":[{"id":"1","currency":"USD","code":1},{"id":"2","currency":"USD","code":1}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    for i in 0..20u32 {
+        let r = conn
+            .post_json(
+                "/transfers",
+                &json!({"transfers":[{"id": (10 + i).to_string(), "debit_account_id":"1",
+                        "credit_account_id":"2", "amount":"5", "currency":"USD", "code":1}]}),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let mut admin = Conn::connect(server.admin).await.expect("connect admin");
+    let m = admin
+        .req("GET", "/metrics", None, Vec::new())
+        .await
+        .expect("metrics");
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8(m.body.to_vec()).expect("utf-8");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    };
+    // 21 writes went through the writer (the accounts request and 20 transfers).
+    for series in [
+        "ledger_job_queue_seconds",
+        "ledger_job_durable_seconds",
+        "ledger_request_writer_seconds",
+    ] {
+        assert!(value(&format!("{series}_count")) >= 21.0, "{series}");
+    }
+    // Each span contains the one before it: queued ⊂ durable ⊂ the HTTP task's wait.
+    let (queue, durable, writer) = (
+        value("ledger_job_queue_seconds_sum"),
+        value("ledger_job_durable_seconds_sum"),
+        value("ledger_request_writer_seconds_sum"),
+    );
+    assert!(
+        queue > 0.0 && queue <= durable && durable <= writer,
+        "{queue} {durable} {writer}"
+    );
+    drop((conn, admin));
+    server.term();
+}

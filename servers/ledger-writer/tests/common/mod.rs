@@ -92,6 +92,8 @@ pub struct Server {
     child: Option<Child>,
     /// The API listener, from the ready line.
     pub http: SocketAddr,
+    /// The admin listener (`/metrics`), from the ready line.
+    pub admin: SocketAddr,
     /// The server's pid, from the ready line.
     pub pid: u32,
     stderr: Arc<Mutex<String>>,
@@ -162,6 +164,7 @@ impl Server {
         let mut server = Server {
             child: Some(child),
             http: "127.0.0.1:0".parse().expect("addr"),
+            admin: "127.0.0.1:0".parse().expect("addr"),
             pid: 0,
             stderr,
             stderr_thread: Some(stderr_thread),
@@ -169,6 +172,7 @@ impl Server {
         match rx.recv_timeout(START_TIMEOUT) {
             Ok(ready) => {
                 server.http = ready.listeners["http"];
+                server.admin = ready.listeners["admin"];
                 server.pid = ready.pid;
                 assert_eq!(ready.system, "ledger");
                 Ok(server)
