@@ -458,6 +458,17 @@ pub struct LedgerLinked {
     pub violations: u64,
 }
 
+impl LedgerLinked {
+    /// Adds `other` (another loader's counts) into `self`.
+    pub fn add(&mut self, other: &LedgerLinked) {
+        self.chains += other.chains;
+        self.applied += other.applied;
+        self.failed += other.failed;
+        self.doomed += other.doomed;
+        self.violations += other.violations;
+    }
+}
+
 /// The invariant checks of a ledger phase.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LedgerVerification {

@@ -1776,11 +1776,7 @@ fn ledger_finish(
         two_phase.voided += w.voided;
         two_phase.pending_unqueued += w.pending_unqueued;
         two_phase.pending_expiring += w.pending_expiring;
-        linked.chains += w.chains;
-        linked.applied += w.chains_applied;
-        linked.failed += w.chains_failed;
-        linked.doomed += w.chains_doomed;
-        linked.violations += w.chain_violations;
+        linked.add(&w.linked);
         chain_examples.extend(w.chain_examples.iter().cloned());
         lanes_stopped += w.lanes_stopped;
         for (k, v) in &w.failed_by_code {

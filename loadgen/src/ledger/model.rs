@@ -27,6 +27,7 @@ use crate::ledger::wire::{
     RESULT_NAMES, RESULT_OK, Transfer, currency_code, result_name, transfer_flags,
 };
 use crate::plan::{HttpUrl, LedgerPlan};
+use crate::result::LedgerLinked;
 use crate::schedule::mix_seed;
 use crate::zipf::Zipf;
 
@@ -434,16 +435,8 @@ pub struct LedgerTotals {
     /// Acknowledged pendings expected to expire (with a pending timeout: never resolved, or their post or void
     /// was refused).
     pub pending_expiring: u64,
-    /// Linked chains answered.
-    pub chains: u64,
-    /// Of those, applied whole.
-    pub chains_applied: u64,
-    /// Of those, refused whole.
-    pub chains_failed: u64,
-    /// Chains sent with an item the ledger must refuse (each must be refused whole).
-    pub chains_doomed: u64,
-    /// Chains the ledger applied in part, or applied although they carried a refused item.
-    pub chain_violations: u64,
+    /// Linked chains answered, by outcome.
+    pub linked: LedgerLinked,
     /// Up to [`MAX_EXAMPLES`] violated chains, described.
     pub chain_examples: Vec<String>,
     /// Lanes that stopped early (counter exhausted or in-doubt list full).
@@ -465,11 +458,7 @@ impl LedgerTotals {
             voided: 0,
             pending_unqueued: 0,
             pending_expiring: 0,
-            chains: 0,
-            chains_applied: 0,
-            chains_failed: 0,
-            chains_doomed: 0,
-            chain_violations: 0,
+            linked: LedgerLinked::default(),
             chain_examples: Vec::new(),
             lanes_stopped: 0,
             deltas: vec![[0; 4]; accounts as usize],
@@ -788,15 +777,16 @@ impl LaneLedger {
         if len < 2 {
             return;
         }
-        totals.chains += 1;
-        totals.chains_doomed += u64::from(doomed);
+        let linked = &mut totals.linked;
+        linked.chains += 1;
+        linked.doomed += u64::from(doomed);
         let whole = applied == len && !doomed;
         if whole {
-            totals.chains_applied += 1;
+            linked.applied += 1;
         } else if applied == 0 {
-            totals.chains_failed += 1;
+            linked.failed += 1;
         } else {
-            totals.chain_violations += 1;
+            linked.violations += 1;
             if totals.chain_examples.len() < MAX_EXAMPLES {
                 let items: Vec<String> = range
                     .map(|i| {
@@ -883,16 +873,8 @@ pub struct LedgerWorkerReport {
     pub pending_unqueued: u64,
     /// Pendings expected to expire.
     pub pending_expiring: u64,
-    /// Linked chains answered.
-    pub chains: u64,
-    /// Of those, applied whole.
-    pub chains_applied: u64,
-    /// Of those, refused whole.
-    pub chains_failed: u64,
-    /// Chains sent with an item the ledger must refuse.
-    pub chains_doomed: u64,
-    /// Chains applied in part (or despite a refused item).
-    pub chain_violations: u64,
+    /// Linked chains answered, by outcome.
+    pub linked: LedgerLinked,
     /// Examples of violated chains.
     pub chain_examples: Vec<String>,
     /// Lanes that stopped early.
@@ -919,11 +901,7 @@ impl LedgerWorkerReport {
             voided: totals.voided,
             pending_unqueued: totals.pending_unqueued,
             pending_expiring: totals.pending_expiring,
-            chains: totals.chains,
-            chains_applied: totals.chains_applied,
-            chains_failed: totals.chains_failed,
-            chains_doomed: totals.chains_doomed,
-            chain_violations: totals.chain_violations,
+            linked: totals.linked.clone(),
             chain_examples: totals.chain_examples.clone(),
             lanes_stopped: totals.lanes_stopped,
             checks,
@@ -1415,11 +1393,14 @@ mod tests {
             linked_sent > 300 && doomed_sent > 30,
             "{linked_sent} {doomed_sent}"
         );
-        assert_eq!(totals.chains_doomed, doomed_sent);
-        assert_eq!(totals.chain_violations, 0);
+        assert_eq!(totals.linked.doomed, doomed_sent);
+        assert_eq!(totals.linked.violations, 0);
         // Only doomed chains fail here, and every chain is counted once.
-        assert_eq!(totals.chains_failed, totals.chains_doomed);
-        assert_eq!(totals.chains, totals.chains_applied + totals.chains_failed);
+        assert_eq!(totals.linked.failed, totals.linked.doomed);
+        assert_eq!(
+            totals.linked.chains,
+            totals.linked.applied + totals.linked.failed
+        );
         // Posts and voids refused with their chain went back to the queue and were resolved later: every acked
         // pending is resolved once at most, and the replay of acknowledged items gives the totals.
         let mut replay = vec![[0i128; 4]; 100];
@@ -1444,8 +1425,8 @@ mod tests {
             let body = answer(&lane.inflight.clone(), false, |_| None);
             lane.on_outcome(&c, &mut totals, BatchOutcome::Response(200, &body));
         }
-        assert!(totals.chains_doomed > 10);
-        assert_eq!(totals.chain_violations, totals.chains_doomed);
+        assert!(totals.linked.doomed > 10);
+        assert_eq!(totals.linked.violations, totals.linked.doomed);
         assert!(!totals.chain_examples.is_empty());
         assert!(totals.chain_examples[0].contains("amount_must_not_be_zero"));
     }
