@@ -5,6 +5,10 @@
 # every acknowledged request made durable by the same group commit: one write + one fdatasync per group) and drives
 # it closed-loop (CONNS connections, no think time) for DUR seconds: that is the capacity at that batch size. Then
 # single transfers (batch 1) run open-loop at half of their measured capacity, for the issue's p99 target.
+# The open runs take turns between the loader's two dispatch modes (profile key `dispatch`): `pool`, where an arrival
+# goes to whichever connection is idle (a client's connection pool; the issue's p99 target is read from it), and
+# `lane`, where each connection keeps its own share of the arrivals and an arrival due while its connection still
+# waits for a response waits too (wrk2's model; it adds the loader's lane assignment to the tail).
 # Every run verifies the ledger afterwards (every acknowledged transfer present, balances, GET /verify); a run that
 # fails verification fails the script.
 #
@@ -14,13 +18,14 @@
 # Usage: scripts/ledger-batch-curve.sh [--quick]
 #   env DUR seconds per run (10), CONNS closed-loop connections of batched runs (16), SINGLE_CONNS closed-loop
 #       connections of single transfers (64: a writer that paces its flushes caps 16 connections near 16 transfers
-#       per flush whatever the server could do), OPEN_CONNS connections of the
-#       open-loop run (256: each lane sends on its own schedule, so with few lanes a request waits for its lane's
-#       previous response and the loader, not the server, makes the tail), ROUNDS (3; the median round is
-#       reported), SERVER_ARGS extra server flags, space-separated (none: the server's defaults, e.g.
-#       SERVER_ARGS="--flush-pacing fixed --preallocate-bytes 0" for the previous ones), OUT
-#       (results/baselines/ledger-batch-curve.json), KEEP_TMP=1 keeps the temporary folder.
-#   --quick: ROUNDS=1 DUR=3, OUT defaults to ${TMPDIR:-/tmp}/ledger-batch-curve.quick.json.
+#       per flush whatever the server could do), OPEN_CONNS connections of the open-loop runs (256: with `lane`
+#       dispatch and few lanes a request waits for its lane's previous response, and the loader, not the server,
+#       makes the tail), ROUNDS of the closed runs (3; the median round is reported), OPEN_ROUNDS of each open run
+#       (5: a host stall in one round moves that round's p99 by milliseconds), SERVER_ARGS extra server flags,
+#       space-separated (none: the server's defaults, e.g. SERVER_ARGS="--flush-pacing fixed --preallocate-bytes 0"
+#       for the previous ones), OUT (results/baselines/ledger-batch-curve.json), KEEP_TMP=1 keeps the temporary
+#       folder.
+#   --quick: ROUNDS=1 OPEN_ROUNDS=1 DUR=3, OUT defaults to ${TMPDIR:-/tmp}/ledger-batch-curve.quick.json.
 # All traffic goes to 127.0.0.1; every run is bounded by DUR, the profile's caps and `timeout`.
 set -euo pipefail
 
@@ -46,10 +51,12 @@ cd "$ROOT"
 if [[ $QUICK == 1 ]]; then
     DUR=${DUR:-3}
     ROUNDS=${ROUNDS:-1}
+    OPEN_ROUNDS=${OPEN_ROUNDS:-1}
     OUT=${OUT:-${TMPDIR:-/tmp}/ledger-batch-curve.quick.json}
 else
     DUR=${DUR:-10}
     ROUNDS=${ROUNDS:-3}
+    OPEN_ROUNDS=${OPEN_ROUNDS:-5}
     OUT=${OUT:-results/baselines/ledger-batch-curve.json}
 fi
 CONNS=${CONNS:-16}
@@ -69,8 +76,8 @@ cleanup() { [[ ${KEEP_TMP:-0} == 1 ]] && echo "kept $TMP" >&2 || rm -rf "$TMP"; 
 trap cleanup EXIT
 
 # One profile per run: a short warm-up (creates the accounts), then the measured phase.
-profile() { # name model batch [rate]
-    local name=$1 model=$2 batch=$3 rate=${4:-}
+profile() { # name model batch [rate dispatch]
+    local name=$1 model=$2 batch=$3 rate=${4:-} dispatch=${5:-pool}
     local load conns=$CONNS
     ((batch == 1)) && conns=$SINGLE_CONNS
     if [[ $model == closed ]]; then
@@ -79,6 +86,7 @@ profile() { # name model batch [rate]
         conns=$OPEN_CONNS
         load="model = \"open\"
 arrival = \"poisson\"
+dispatch = \"$dispatch\"
 rate_rps = $rate"
     fi
     cat >"$TMP/$name.toml" <<EOF
@@ -154,17 +162,20 @@ for arg in sys.argv[1:]:
 print(f"{statistics.median(caps) / 2:.0f}")
 EOF
 )
-for round in $(seq 1 "$ROUNDS"); do
-    profile "half-b1-r$round" open 1 "$HALF"
-    RESULTS+=("half:1:$round:$(run "half-b1-r$round")")
+for round in $(seq 1 "$OPEN_ROUNDS"); do
+    for dispatch in pool lane; do
+        profile "half-$dispatch-b1-r$round" open 1 "$HALF" "$dispatch"
+        RESULTS+=("half-$dispatch:1:$round:$(run "half-$dispatch-b1-r$round")")
+    done
+    echo "open round $round done" >&2
 done
 
-python3 - "$OUT" "$HALF" "$DUR" "$CONNS" "$ROUNDS" "$*" "$OPEN_CONNS" "$SINGLE_CONNS" "$SERVER_ARGS_TOML" "${RESULTS[@]}" <<'EOF'
+python3 - "$OUT" "$HALF" "$DUR" "$CONNS" "$ROUNDS" "$*" "$OPEN_CONNS" "$SINGLE_CONNS" "$SERVER_ARGS_TOML" "$OPEN_ROUNDS" "${RESULTS[@]}" <<'EOF'
 import json, os, platform, statistics, subprocess, sys, time
-out, half, dur, conns, rounds, args, open_conns, single_conns, server_args = sys.argv[1:10]
+out, half, dur, conns, rounds, args, open_conns, single_conns, server_args, open_rounds = sys.argv[1:11]
 runs = {}
 host = None
-for arg in sys.argv[10:]:
+for arg in sys.argv[11:]:
     kind, b, r, path = arg.split(":", 3)
     res = json.load(open(path))
     host = host or res["host"]
@@ -183,6 +194,9 @@ for arg in sys.argv[10:]:
         "latency_us_p50": p["latency_us"]["p50"],
         "latency_us_p99": p["latency_us"]["p99"],
         "latency_us_p999": p["latency_us"]["p999"],
+        # From the actual send: the server's answer alone, without any wait for a lane.
+        "service_time_us_p99": p["service_time_us"]["p99"],
+        "late": p["requests"]["late"],
         "server_cpu_us_per_transfer": cpu_us_per_transfer,
         "failed": p["requests"]["failed"],
         "valid": res["valid"],
@@ -193,13 +207,16 @@ def med(rows, key):
 curve = []
 for (kind, b), rows in sorted(runs.items()):
     curve.append({
-        "kind": "capacity (closed loop)" if kind == "closed" else "half capacity (open loop)",
+        "kind": {"closed": "capacity (closed loop)", "half-pool": "half capacity (open, pool)",
+                 "half-lane": "half capacity (open, lane)"}[kind],
+        "dispatch": None if kind == "closed" else kind.split("-")[1],
         "batch_size": b,
         "transfers_per_s_median": med(rows, "transfers_per_s"),
         "requests_per_s_median": med(rows, "requests_per_s"),
         "latency_us_p50_median": med(rows, "latency_us_p50"),
         "latency_us_p99_median": med(rows, "latency_us_p99"),
         "latency_us_p999_median": med(rows, "latency_us_p999"),
+        "service_time_us_p99_median": med(rows, "service_time_us_p99"),
         "server_cpu_us_per_transfer_median": med(rows, "server_cpu_us_per_transfer"),
         # Rounds whose loader kept its schedule; an invalid round's percentiles may be the loader's (or the host's).
         "valid_rounds": sum(1 for r in rows if r["valid"]),
@@ -213,7 +230,7 @@ doc = {
     "command": f"scripts/ledger-batch-curve.sh {args}".strip(),
     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     "git": {"commit": commit, "dirty": dirty},
-    "settings": {"duration_s": int(dur), "connections": int(conns), "single_transfer_connections": int(single_conns), "open_loop_connections": int(open_conns), "server_args": json.loads(server_args), "rounds": int(rounds), "half_capacity_rps": float(half)},
+    "settings": {"duration_s": int(dur), "connections": int(conns), "single_transfer_connections": int(single_conns), "open_loop_connections": int(open_conns), "server_args": json.loads(server_args), "rounds": int(rounds), "open_rounds": int(open_rounds), "half_capacity_rps": float(half)},
     "host": host,
     "curve": curve,
 }
@@ -221,11 +238,11 @@ os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
 with open(out, "w") as f:
     json.dump(doc, f, indent=2)
     f.write("\n")
-print(f"{'run':<28}{'batch':>6}{'transfers/s':>14}{'req/s':>10}{'p50 us':>9}{'p99 us':>9}{'srv us/xfer':>13}{'valid':>7}")
+print(f"{'run':<28}{'batch':>6}{'transfers/s':>14}{'req/s':>10}{'p50 us':>9}{'p99 us':>9}{'svc p99':>9}{'srv us/xfer':>13}{'valid':>7}")
 for c in curve:
     cpu = c["server_cpu_us_per_transfer_median"]
     print(f"{c['kind']:<28}{c['batch_size']:>6}{c['transfers_per_s_median']:>14.0f}{c['requests_per_s_median']:>10.0f}"
-          f"{c['latency_us_p50_median']:>9.0f}{c['latency_us_p99_median']:>9.0f}{(cpu if cpu is not None else float('nan')):>13.2f}"
+          f"{c['latency_us_p50_median']:>9.0f}{c['latency_us_p99_median']:>9.0f}{c['service_time_us_p99_median']:>9.0f}{(cpu if cpu is not None else float('nan')):>13.2f}"
           f"{c['valid_rounds']:>4}/{len(c['rounds'])}")
 print(f"wrote {out}")
 EOF

@@ -137,6 +137,9 @@ pub struct PhaseSection {
     pub steps_rps: Option<Vec<f64>>,
     /// Open model: `fixed` spacing or `poisson` arrivals.
     pub arrival: Option<String>,
+    /// Open model: `lane` (each lane keeps its own share of the arrivals, as wrk2's connections do) or `pool` (one
+    /// arrival stream per loader, each arrival sent by whichever lane is idle, as a client's connection pool does).
+    pub dispatch: Option<String>,
     /// Seed for arrivals and the request mix.
     pub seed: Option<u64>,
     /// TCP connections (open and closed).

@@ -9,7 +9,7 @@ pub fn summary(r: &RunResult) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n{:<22} {:>6} {:>9} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "\n{:<22} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
         "phase",
         "model",
         "offered",
@@ -51,9 +51,13 @@ pub fn summary(r: &RunResult) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<22} {:>6} {:>9} {:>9.0} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            "{:<22} {:>9} {:>9} {:>9.0} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
             truncate(&p.name, 22),
-            p.model,
+            // A pool's open phase is marked: its waits are not comparable with a lane's (see `plan::Dispatch`).
+            match p.dispatch.as_deref() {
+                Some("pool") => format!("{}/pool", p.model),
+                _ => p.model.clone(),
+            },
             p.offered_rate_rps.map_or("-".into(), |o| format!("{o:.0}")),
             p.achieved_rate_rps,
             p.requests.ok,

@@ -219,6 +219,9 @@ pub struct PhaseResult {
     pub http: String,
     /// `fixed` or `poisson` (open model).
     pub arrival: Option<String>,
+    /// `lane` or `pool` (open model; see `plan::Dispatch`). Results written before it existed were all `lane`.
+    #[serde(default)]
+    pub dispatch: Option<String>,
     /// Planned length.
     pub duration_s: f64,
     /// Connections.

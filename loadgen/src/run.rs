@@ -16,8 +16,9 @@ use crate::host::{Git, Host};
 use crate::ledger::check::{self, Balances, LedgerTarget};
 use crate::oidc::{self as oidcmod, OidcEndpoints, OidcTotals};
 use crate::plan::{
-    self, Arrival, CalibrationPlan, CdnPlan, CdnTopology, CdnWorkload, Env, HttpUrl, HttpVersion,
-    LedgerPlan, LoadModel, OidcFlow, OidcPlan, PhasePlan, Plan, RequestPlan, TargetKind,
+    self, Arrival, CalibrationPlan, CdnPlan, CdnTopology, CdnWorkload, Dispatch, Env, HttpUrl,
+    HttpVersion, LedgerPlan, LoadModel, OidcFlow, OidcPlan, PhasePlan, Plan, RequestPlan,
+    TargetKind,
 };
 use crate::procs::{self, Sampler, ServerProc, WorkerLine};
 use crate::profile::{Profile, SloSection, TargetSection};
@@ -955,6 +956,7 @@ fn calibration_phase(c: &CalibrationPlan) -> PhasePlan {
             rate_rps: c.rate_rps,
             end_rate_rps: c.rate_rps,
             arrival: Arrival::Fixed,
+            dispatch: Dispatch::Lane,
         },
         duration_s: c.duration_s,
         connections: c.connections,
@@ -1275,6 +1277,10 @@ pub fn run(opts: &RunOptions) -> Result<Finished, LoadgenError> {
                     arrival: Arrival::Poisson,
                     ..
                 } => Some("poisson".into()),
+                LoadModel::Closed { .. } => None,
+            },
+            dispatch: match phase.load {
+                LoadModel::Open { dispatch, .. } => Some(dispatch.name().into()),
                 LoadModel::Closed { .. } => None,
             },
             duration_s: phase.duration_s,

@@ -46,14 +46,64 @@ impl LaneSchedule {
         seed: u64,
     ) -> LaneSchedule {
         assert!(lanes > 0 && lane < lanes, "lane {lane} of {lanes}");
+        LaneSchedule::block(
+            rate_rps,
+            end_rate_rps,
+            duration_s,
+            arrival,
+            lane..lane + 1,
+            lanes,
+            mix_seed(seed, lane as u64),
+        )
+    }
+
+    /// One stream carrying the share of lanes `block` out of `lanes` (a loader process's lanes when they draw from
+    /// a pool): its rate is the sum of theirs. Poisson: the superposition of their Poisson streams is one Poisson
+    /// stream of the summed rate. Fixed: evenly spaced, phased by the block's start so that equal blocks interleave
+    /// (block k of n starts k/n into its interval), as single lanes do.
+    pub fn pooled(
+        rate_rps: f64,
+        end_rate_rps: f64,
+        duration_s: f64,
+        arrival: Arrival,
+        block: std::ops::Range<usize>,
+        lanes: usize,
+        seed: u64,
+    ) -> LaneSchedule {
+        // A salt keeps the pool's draws apart from lane `block.start`'s own stream.
+        let rng_seed = mix_seed(seed ^ 0x706F_6F6C, block.start as u64);
+        LaneSchedule::block(
+            rate_rps,
+            end_rate_rps,
+            duration_s,
+            arrival,
+            block,
+            lanes,
+            rng_seed,
+        )
+    }
+
+    fn block(
+        rate_rps: f64,
+        end_rate_rps: f64,
+        duration_s: f64,
+        arrival: Arrival,
+        block: std::ops::Range<usize>,
+        lanes: usize,
+        rng_seed: u64,
+    ) -> LaneSchedule {
+        assert!(
+            !block.is_empty() && block.end <= lanes,
+            "lanes {block:?} of {lanes}"
+        );
         assert!(rate_rps > 0.0 && end_rate_rps > 0.0 && duration_s > 0.0);
-        let share = lanes as f64;
-        let r0 = rate_rps / share;
-        let r1 = end_rate_rps / share;
-        let mut rng = SmallRng::seed_from_u64(mix_seed(seed, lane as u64));
+        let share = block.len() as f64 / lanes as f64;
+        let r0 = rate_rps * share;
+        let r1 = end_rate_rps * share;
+        let mut rng = SmallRng::seed_from_u64(rng_seed);
         let first = match arrival {
-            // Lanes are phased evenly inside one per-lane interval, so together they are evenly spaced.
-            Arrival::Fixed => lane as f64 / share,
+            // Blocks are phased evenly inside one interval, so together they are evenly spaced.
+            Arrival::Fixed => block.start as f64 / lanes as f64,
             Arrival::Poisson => exp1(&mut rng),
         };
         LaneSchedule {
@@ -185,6 +235,72 @@ mod tests {
             .sum();
         // 20,000 expected; Poisson sd ≈ 141.
         assert!((19_400..=20_600).contains(&n), "n = {n}");
+    }
+
+    #[test]
+    fn pooled_blocks_carry_their_lanes_share_and_interleave() {
+        // Three loader processes of 4, 4 and 2 lanes out of 10 at 1,000/s: each pool carries its lanes' share.
+        let blocks = [0..4, 4..8, 8..10];
+        let per_block: Vec<Vec<f64>> = blocks
+            .iter()
+            .map(|b| {
+                all(LaneSchedule::pooled(
+                    1000.0,
+                    1000.0,
+                    1.0,
+                    Arrival::Fixed,
+                    b.clone(),
+                    10,
+                    7,
+                ))
+            })
+            .collect();
+        assert_eq!(
+            per_block.iter().map(Vec::len).collect::<Vec<_>>(),
+            [400, 400, 200]
+        );
+        // Equal blocks (2 processes of 4 lanes out of 8) alternate: together evenly spaced at the phase rate.
+        let mut two: Vec<f64> = [0..4, 4..8]
+            .into_iter()
+            .flat_map(|b| {
+                all(LaneSchedule::pooled(
+                    1000.0,
+                    1000.0,
+                    1.0,
+                    Arrival::Fixed,
+                    b,
+                    8,
+                    7,
+                ))
+            })
+            .collect();
+        two.sort_by(f64::total_cmp);
+        assert_eq!(two.len(), 1000);
+        for w in two.windows(2) {
+            assert!((w[1] - w[0] - 0.001).abs() < 1e-9, "gap {}", w[1] - w[0]);
+        }
+        // Poisson: the pool's count is its share of the rate, and its draws are not lane 0's own.
+        let pool = all(LaneSchedule::pooled(
+            2000.0,
+            2000.0,
+            10.0,
+            Arrival::Poisson,
+            0..8,
+            16,
+            42,
+        ));
+        // 10,000 expected; Poisson sd = 100.
+        assert!((9_600..=10_400).contains(&pool.len()), "n = {}", pool.len());
+        let lane0 = all(LaneSchedule::new(
+            2000.0,
+            2000.0,
+            10.0,
+            Arrival::Poisson,
+            0,
+            16,
+            42,
+        ));
+        assert_ne!(pool[0] * 8.0, lane0[0], "the pool reuses lane 0's draws");
     }
 
     #[test]

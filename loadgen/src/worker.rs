@@ -40,7 +40,7 @@ use crate::oidc::{
     self as oidcmod, JwksWatcher, LaneOidc, OidcConfig, OidcEndpoints, OidcTotals, Sample,
 };
 use crate::pacer::Pacer;
-use crate::plan::{HttpUrl, HttpVersion, Limits, LoadModel, OidcFlow, PhasePlan};
+use crate::plan::{Dispatch, HttpUrl, HttpVersion, Limits, LoadModel, OidcFlow, PhasePlan};
 use crate::schedule::{LaneSchedule, MixPicker, mix_seed};
 
 /// Prefix of progress lines on a loader's stdout.
@@ -237,6 +237,8 @@ struct Shared {
     end: Instant,
     templates: Vec<Template>,
     pacer: Pacer,
+    /// `dispatch = "pool"`: this process's one arrival stream; an idle lane takes the next arrival.
+    pool: Option<Mutex<LaneSchedule>>,
     picker: MixPicker,
     lanes: Vec<Mutex<Option<Lane>>>,
     next_lane: AtomicUsize,
@@ -432,6 +434,7 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
                 rate_rps,
                 end_rate_rps,
                 arrival,
+                dispatch: Dispatch::Lane,
             } => Some(LaneSchedule::new(
                 rate_rps,
                 end_rate_rps,
@@ -441,7 +444,11 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
                 spec.total_lanes,
                 spec.phase.seed,
             )),
-            LoadModel::Closed { .. } => None,
+            LoadModel::Open {
+                dispatch: Dispatch::Pool,
+                ..
+            }
+            | LoadModel::Closed { .. } => None,
         };
         lanes.push(Mutex::new(Some(Lane {
             conn,
@@ -477,6 +484,23 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
 
     let start = instant_from_unix_ns(spec.start_unix_ns);
     let end = start + Duration::from_secs_f64(spec.phase.duration_s);
+    let pool = match spec.phase.load {
+        LoadModel::Open {
+            rate_rps,
+            end_rate_rps,
+            arrival,
+            dispatch: Dispatch::Pool,
+        } => Some(Mutex::new(LaneSchedule::pooled(
+            rate_rps,
+            end_rate_rps,
+            spec.phase.duration_s,
+            arrival,
+            spec.lane_offset..spec.lane_offset + spec.lanes,
+            spec.total_lanes,
+            spec.phase.seed,
+        ))),
+        _ => None,
+    };
     let pacer = Pacer::start().map_err(|e| RunError::io("create pacing timer", e))?;
     let mut stats = Stats::new();
     stats.ledger = ledger.as_ref().map(|c| LedgerTotals::new(c.plan.accounts));
@@ -484,6 +508,7 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
     stats.oidc = oidc.as_ref().map(|_| OidcTotals::default());
     let shared = Arc::new(Shared {
         pacer,
+        pool,
         start,
         end,
         templates,
@@ -878,7 +903,7 @@ async fn run_lane(
         }
         _ => None,
     };
-    let open = lane.schedule.is_some();
+    let open = matches!(spec.phase.load, LoadModel::Open { .. });
     let mut prev_done = shared.start;
     if !open {
         shared.pacer.sleep_until(shared.start).await;
@@ -887,11 +912,16 @@ async fn run_lane(
         if shared.sent.fetch_add(1, Ordering::Relaxed) >= spec.max_requests {
             break;
         }
-        let intended = match lane.schedule.as_mut() {
-            Some(sched) => match sched.next_offset_s() {
-                Some(off) => shared.start + Duration::from_secs_f64(off),
-                None => break,
-            },
+        // A pool's lane takes the next arrival only now that it is idle, so an arrival waits for a lane only when
+        // every lane is busy (or holds an earlier arrival, already due).
+        let next = match (&shared.pool, lane.schedule.as_mut()) {
+            (Some(pool), _) => Some(pool.lock().expect("not poisoned").next_offset_s()),
+            (None, Some(sched)) => Some(sched.next_offset_s()),
+            (None, None) => None,
+        };
+        let intended = match next {
+            Some(Some(off)) => shared.start + Duration::from_secs_f64(off),
+            Some(None) => break,
             None => {
                 let now = Instant::now();
                 if now >= shared.end {

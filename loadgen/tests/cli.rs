@@ -378,6 +378,7 @@ fn result(p99_us: u64) -> RunResult {
         model: "open".into(),
         http: "1.1".into(),
         arrival: Some("fixed".into()),
+        dispatch: Some("lane".into()),
         duration_s: 1.0,
         connections: 8,
         users: 8,

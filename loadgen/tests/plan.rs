@@ -2,8 +2,8 @@
 
 use refbench_loadgen::error::ProfileError;
 use refbench_loadgen::plan::{
-    self, Arrival, CalibrationPlan, DEFAULT_MAX_REQUESTS, Env, HttpUrl, HttpVersion, LoadModel,
-    Plan, TargetKind,
+    self, Arrival, CalibrationPlan, DEFAULT_MAX_REQUESTS, Dispatch, Env, HttpUrl, HttpVersion,
+    LoadModel, Plan, TargetKind,
 };
 use refbench_loadgen::profile::{Profile, SloSection};
 
@@ -67,7 +67,8 @@ fn defaults_are_filled_in() {
         LoadModel::Open {
             rate_rps: 100.0,
             end_rate_rps: 100.0,
-            arrival: Arrival::Fixed
+            arrival: Arrival::Fixed,
+            dispatch: Dispatch::Lane
         }
     );
     assert_eq!(p.seed, 0x5eed_0000);
@@ -162,6 +163,9 @@ http = "2"
     assert_eq!(p.expected_requests(), None);
     assert_eq!(p.offered_rate_rps(), None);
     assert_eq!(p.model_name(), "closed");
+    // Dispatch is an open-model setting.
+    let pooled = text.replace("users = 16", "users = 16\ndispatch = \"pool\"");
+    assert_eq!(refused_field(&pooled, two_cpus()), "phases[0].dispatch");
     assert_eq!(p.max_requests, DEFAULT_MAX_REQUESTS);
 }
 
@@ -169,7 +173,7 @@ http = "2"
 fn steps_expand_to_one_phase_per_step() {
     let text = minimal("").replace(
         "rate_rps = 100",
-        "steps_rps = [100, 250.5, 1000]\narrival = \"poisson\"",
+        "steps_rps = [100, 250.5, 1000]\narrival = \"poisson\"\ndispatch = \"pool\"",
     );
     let plan = resolve(&text);
     let names: Vec<&str> = plan.phases.iter().map(|p| p.name.as_str()).collect();
@@ -180,7 +184,8 @@ fn steps_expand_to_one_phase_per_step() {
             LoadModel::Open {
                 rate_rps: rate,
                 end_rate_rps: rate,
-                arrival: Arrival::Poisson
+                arrival: Arrival::Poisson,
+                dispatch: Dispatch::Pool
             }
         );
         assert_eq!(p.duration_s, 10.0);
@@ -188,6 +193,10 @@ fn steps_expand_to_one_phase_per_step() {
     }
     // Each step counts towards the run's duration.
     assert_eq!(plan.limits.max_duration_s, 30.0 + 2.0 + 30.0 + 5.0 * 3.0);
+
+    // An unknown dispatch is refused, naming the field.
+    let bad = minimal("").replace("rate_rps = 100", "rate_rps = 100\ndispatch = \"any\"");
+    assert_eq!(refused_field(&bad, two_cpus()), "phases[0].dispatch");
 
     // Steps and rate_rps, steps and a ramp, or no steps are refused.
     let both = minimal("steps_rps = [1, 2]");
@@ -212,7 +221,8 @@ fn ramp_expects_the_mean_rate() {
         LoadModel::Open {
             rate_rps: 100.0,
             end_rate_rps: 300.0,
-            arrival: Arrival::Fixed
+            arrival: Arrival::Fixed,
+            dispatch: Dispatch::Lane
         }
     );
     assert_eq!(p.expected_requests(), Some(2000.0));

@@ -315,6 +315,7 @@ name = "steps"
 target = "ext"
 model = "open"
 arrival = "poisson"
+dispatch = "pool"
 http = "2"
 connections = 2
 users = 8
@@ -393,6 +394,7 @@ rotate_at_s = [2.0]
             model: p.model_name().into(),
             http: "2".into(),
             arrival: p.offered_rate_rps().map(|_| "poisson".into()),
+            dispatch: p.offered_rate_rps().map(|_| "pool".into()),
             duration_s: p.duration_s,
             connections: p.connections,
             users: p.users,
