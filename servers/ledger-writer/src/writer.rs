@@ -153,10 +153,10 @@ pub struct WriterConfig {
 /// How the writer chooses the gap between flushes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FlushPacing {
-    /// Back to back while flushes are fast; a flush that stalls (see [`Pacer::observe`]) doubles the gap, up to
-    /// `flush_gap`, and fast flushes shrink it again slowly. Why: the same VM's disk took 6,000–8,800 back-to-back
-    /// flushes/s with 0.2 % of the time in stalls on one day and stalled 18 % of the time at 5,300/s on another;
-    /// a fixed 1 ms gap that helped on the second day tripled the p99 on the first.
+    /// Back to back while stalls are rare; when stalled flushes take a real share of the time (see
+    /// [`Pacer::observe`]) the gap doubles, up to `flush_gap`, and after calm seconds it halves again. Why: the same
+    /// VM's disk took 6,000–8,800 back-to-back flushes/s with 0.2 % of the time in stalls on one day and stalled 18 %
+    /// of the time at 5,300/s on another; a fixed 1 ms gap that helped on the second day tripled the p99 on the first.
     Adaptive,
     /// Always `flush_gap`.
     Fixed,
@@ -168,20 +168,37 @@ const SLOW_FLUSH_BASE_NS: u64 = 2_000_000;
 /// Time a large flush may take per KiB before it counts as a stall (256 MiB/s), so big batches are not mistaken
 /// for stalls.
 const SLOW_FLUSH_NS_PER_KIB: u64 = 4_000;
-/// The first stall sets the gap to this; each further one doubles it.
+/// Stalls are weighed over windows of this length.
+const PACING_WINDOW_NS: u64 = 1_000_000_000;
+/// Stall time in one window that widens the gap at once: 2 % of the window. Why a share and not every stall: a
+/// healthy day still has a few stalls a second at back-to-back flushes (0.2–0.3 % of the time), and answering each
+/// with a gap that then decayed over thousands of flushes kept the gap near its maximum for whole runs, adding
+/// up to a millisecond to every request; a throttled disk stalls 18 % of the time and crosses this in ~0.1 s.
+const WIDEN_STALL_NS: u64 = PACING_WINDOW_NS / 50;
+/// One flush counts at most this much stall time, so a single long host stall (tens of ms) does not widen the gap
+/// alone; two of them in a window do.
+const MAX_STALL_NS_PER_FLUSH: u64 = WIDEN_STALL_NS / 2;
+/// A window with less stall time than this (0.5 %) is calm.
+const CALM_STALL_NS: u64 = PACING_WINDOW_NS / 200;
+/// After this many calm windows in a row the gap halves: a throttled disk is probed again every few seconds.
+const CALM_WINDOWS_TO_NARROW: u32 = 2;
+/// The first widening sets the gap to this; each further one doubles it.
 const GAP_STEP_NS: u64 = 100_000;
-/// Each fast flush shrinks the gap by 1/this: at 1 ms gaps (about 800 flushes/s) it halves in about 3.5 s, so a
-/// throttled disk is probed again only every few seconds.
-const GAP_DECAY: u64 = 4096;
 /// A gap below this is dropped to zero.
-const GAP_FLOOR_NS: u64 = 10_000;
+const GAP_FLOOR_NS: u64 = 20_000;
 
-/// The gap before the next flush, adapted to the flush times the disk shows.
+/// The gap before the next flush, adapted to the share of time the disk spends in stalled flushes.
 #[derive(Debug, Clone)]
 pub struct Pacer {
     pacing: FlushPacing,
     max_gap_ns: u64,
     gap_ns: u64,
+    /// Start of the current window (the first flush seen in it).
+    window_start: Option<Instant>,
+    /// Stall time seen in the current window (each flush's capped at [`MAX_STALL_NS_PER_FLUSH`]).
+    window_stall_ns: u64,
+    /// Calm windows in a row.
+    calm_windows: u32,
 }
 
 impl Pacer {
@@ -195,6 +212,9 @@ impl Pacer {
                 FlushPacing::Adaptive => 0,
                 FlushPacing::Fixed => max_gap_ns,
             },
+            window_start: None,
+            window_stall_ns: 0,
+            calm_windows: 0,
         }
     }
 
@@ -203,26 +223,47 @@ impl Pacer {
         Duration::from_nanos(self.gap_ns)
     }
 
-    /// Takes one flush's `fdatasync` time and the bytes it wrote.
-    pub fn observe(&mut self, fsync_ns: u64, bytes: u64) {
+    /// Takes one flush's `fdatasync` time, the bytes it wrote and when it ended.
+    pub fn observe(&mut self, fsync_ns: u64, bytes: u64, ended: Instant) {
         if self.pacing == FlushPacing::Fixed {
             return;
         }
         let slow_ns =
             SLOW_FLUSH_BASE_NS.saturating_add((bytes / 1024).saturating_mul(SLOW_FLUSH_NS_PER_KIB));
         if fsync_ns > slow_ns {
+            self.window_stall_ns += fsync_ns.min(MAX_STALL_NS_PER_FLUSH);
+        }
+        let start = *self.window_start.get_or_insert(ended);
+        if self.window_stall_ns >= WIDEN_STALL_NS {
             self.gap_ns = self
                 .gap_ns
                 .saturating_mul(2)
                 .max(GAP_STEP_NS)
                 .min(self.max_gap_ns);
-        } else {
-            self.gap_ns -= self.gap_ns / GAP_DECAY;
-            if self.gap_ns < GAP_FLOOR_NS {
-                self.gap_ns = 0;
+            self.calm_windows = 0;
+            self.next_window(ended);
+        } else if ended.saturating_duration_since(start).as_nanos() >= u128::from(PACING_WINDOW_NS)
+        {
+            if self.window_stall_ns < CALM_STALL_NS {
+                self.calm_windows += 1;
+                if self.calm_windows >= CALM_WINDOWS_TO_NARROW {
+                    self.calm_windows = 0;
+                    self.gap_ns /= 2;
+                    if self.gap_ns < GAP_FLOOR_NS {
+                        self.gap_ns = 0;
+                    }
+                }
+            } else {
+                self.calm_windows = 0;
             }
+            self.next_window(ended);
         }
         debug_assert!(self.gap_ns <= self.max_gap_ns);
+    }
+
+    fn next_window(&mut self, at: Instant) {
+        self.window_start = Some(at);
+        self.window_stall_ns = 0;
     }
 }
 
@@ -585,7 +626,8 @@ impl Writer {
         *self.durable.lock().unwrap_or_else(PoisonError::into_inner) = self.log.durable_position();
         self.bytes_since_checkpoint += stats.bytes;
         if stats.records > 0 {
-            self.pacer.observe(stats.fsync_ns, stats.bytes);
+            self.pacer
+                .observe(stats.fsync_ns, stats.bytes, Instant::now());
             self.metrics
                 .flush_gap_seconds
                 .set(self.pacer.gap().as_secs_f64());
@@ -743,46 +785,75 @@ mod tests {
         join.join().expect("writer thread");
     }
 
-    /// Adaptive pacing stays back to back while flushes are fast, backs off on stalls up to the limit, and comes
-    /// back down slowly; big flushes are not taken for stalls; fixed pacing ignores what it sees.
+    /// Adaptive pacing stays back to back through isolated stalls (and big flushes), widens when stalls take a
+    /// real share of the time, and narrows again after calm seconds; fixed pacing ignores what it sees.
     #[test]
-    fn adaptive_gap_backs_off_on_stalls_and_recovers_slowly() {
+    fn adaptive_gap_widens_on_a_share_of_stalls_and_narrows_when_calm() {
         let max = Duration::from_micros(1000);
         let mut p = Pacer::new(FlushPacing::Adaptive, max);
-        for _ in 0..10_000 {
-            p.observe(300_000, 4096);
+        let mut now = Instant::now();
+        /// `n` flushes of `fsync` each, `every` apart; the gap (µs) after them.
+        fn feed(
+            p: &mut Pacer,
+            now: &mut Instant,
+            n: usize,
+            fsync: Duration,
+            every: Duration,
+        ) -> u128 {
+            for _ in 0..n {
+                *now += every;
+                p.observe(fsync.as_nanos() as u64, 4096, *now);
+            }
+            p.gap().as_micros()
         }
-        assert_eq!(p.gap(), Duration::ZERO, "fast flushes: back to back");
+        let fast = Duration::from_micros(150);
+        let stall = Duration::from_millis(15);
+        assert_eq!(
+            feed(&mut p, &mut now, 50_000, fast, Duration::from_micros(200)),
+            0
+        );
+        // A healthy day: a 15 ms stall every 6,000 flushes (5,000/s: 1.25 % of the time, counted 0.8 %).
+        for _ in 0..20 {
+            assert_eq!(
+                feed(&mut p, &mut now, 5_999, fast, Duration::from_micros(200)),
+                0
+            );
+            assert_eq!(
+                feed(&mut p, &mut now, 1, stall, Duration::from_micros(200)),
+                0
+            );
+        }
         // A flush of 8 MiB in 30 ms is the disk's bandwidth, not a stall.
-        p.observe(30_000_000, 8 << 20);
+        p.observe(30_000_000, 8 << 20, now);
         assert_eq!(p.gap(), Duration::ZERO);
-        let stalls: Vec<u128> = (0..6)
+        // A throttled disk: one stall every 50 flushes (about 60 % of the time) doubles the gap at every second
+        // stall (10 ms counted each), up to the limit.
+        let widened: Vec<u128> = (0..6)
             .map(|_| {
-                p.observe(15_000_000, 4096);
-                p.gap().as_micros()
+                feed(&mut p, &mut now, 49, fast, Duration::from_micros(200));
+                feed(&mut p, &mut now, 1, stall, Duration::from_micros(200))
             })
             .collect();
-        assert_eq!(stalls, [100, 200, 400, 800, 1000, 1000]);
-        // One fast flush barely moves it; a few thousand halve it; it ends at zero.
-        p.observe(300_000, 4096);
-        assert!(p.gap() > Duration::from_micros(999), "{:?}", p.gap());
-        let mut flushes = 1;
-        while p.gap() > max / 2 {
-            p.observe(300_000, 4096);
-            flushes += 1;
-        }
-        assert!(
-            (2_000..4_000).contains(&flushes),
-            "halved after {flushes} fast flushes"
+        assert_eq!(widened, [0, 100, 100, 200, 200, 400]);
+        assert_eq!(
+            feed(&mut p, &mut now, 1_000, stall, Duration::from_millis(1)),
+            1000
         );
-        for _ in 0..100_000 {
-            p.observe(300_000, 4096);
-        }
-        assert_eq!(p.gap(), Duration::ZERO);
+        // Calm: it halves every two calm seconds, and ends at zero.
+        let ms = Duration::from_millis(1);
+        assert_eq!(
+            feed(&mut p, &mut now, 1_000, fast, ms),
+            1000,
+            "the window with the stalls is not calm"
+        );
+        let narrowing: Vec<u128> = (0..7)
+            .map(|_| feed(&mut p, &mut now, 2_000, fast, ms))
+            .collect();
+        assert_eq!(narrowing, [500, 250, 125, 62, 31, 0, 0]);
 
         let mut fixed = Pacer::new(FlushPacing::Fixed, max);
-        fixed.observe(300_000, 4096);
-        fixed.observe(15_000_000, 4096);
+        fixed.observe(300_000, 4096, now);
+        fixed.observe(15_000_000, 4096, now);
         assert_eq!(fixed.gap(), max);
     }
 
