@@ -16,6 +16,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
+use refbench_common::h1::{FastPath, H1Body, Head, Out};
 use refbench_common::http::{BodyError, read_body_limited};
 use tokio::sync::Semaphore;
 
@@ -432,5 +433,26 @@ impl Service<Request<Incoming>> for LedgerApp {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let app = self.clone();
         Box::pin(async move { Ok(app.handle(req).await) })
+    }
+}
+
+/// The lean HTTP/1.1 server's requests (`refbench_common::h1::serve_h1`): the body already read, up to the limit.
+impl Service<Request<H1Body>> for LedgerApp {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<H1Body>) -> Self::Future {
+        let app = self.clone();
+        Box::pin(async move { Ok(app.handle(req).await) })
+    }
+}
+
+/// Every ledger request goes through [`LedgerApp::handle`]: writes and lookups carry a body, and even `GET /status`
+/// must wait for the writer. `serve_h1` still spares them hyper's HTTP/1 dispatch, the largest share of the HTTP
+/// thread's time per single-transfer request.
+impl FastPath for LedgerApp {
+    fn answer(&self, _head: &Head<'_>, _out: &mut Out) -> bool {
+        false
     }
 }

@@ -9,7 +9,8 @@ use refbench_common::admin::{metrics_handle, serve_admin};
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
 use refbench_common::cpu::{pin_to_cpus, validate_cpus};
-use refbench_common::http::{Limits as HttpLimits, serve_http};
+use refbench_common::h1::serve_h1;
+use refbench_common::http::Limits as HttpLimits;
 use refbench_common::shutdown::{self, Shutdown};
 
 use crate::api::{LedgerApp, MAX_REQUEST_BODY_BYTES};
@@ -531,7 +532,7 @@ pub async fn start(plan: &ServePlan, shutdown: Shutdown) -> Result<Started, Ledg
             source,
         })?;
     let app = LedgerApp::new(writer.clone(), data_dir.clone());
-    let http = tokio::spawn(serve_http(http, app, plan.http.clone(), shutdown.clone()));
+    let http = tokio::spawn(serve_h1(http, app, plan.http.clone(), shutdown.clone()));
     let admin = tokio::spawn(serve_admin(admin, handle, shutdown));
     Ok(Started {
         http_addr,
