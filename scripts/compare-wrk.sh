@@ -18,6 +18,7 @@
 # Needs root or sudo only when wrk, GNU time, curl or python3 are missing (installed from Debian with apt-get).
 # All traffic goes to 127.0.0.1; every load run is bounded by DUR and wrapped in `timeout`.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -53,15 +54,6 @@ LOADER_CPU=1
 OPEN_FRACTION=${OPEN_FRACTION:-0.8}
 TARGET_RATIO=1.2
 
-die() {
-    echo "compare-wrk: $*" >&2
-    exit 1
-}
-check_int() { # name value min max
-    if ! [[ $2 =~ ^[0-9]+$ ]] || ((10#$2 < $3 || 10#$2 > $4)); then
-        die "$1 must be an integer in $3..$4, got '$2'"
-    fi
-}
 check_int ROUNDS "$ROUNDS" 1 100
 check_int DUR "$DUR" 1 600
 check_int CONNS "$CONNS" 1 10000
@@ -69,25 +61,9 @@ check_int CONNS "$CONNS" 1 10000
 ROUNDS=$((10#$ROUNDS))
 DUR=$((10#$DUR))
 CONNS=$((10#$CONNS))
-log() { echo "compare-wrk: $*" >&2; }
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tools
-APT_UPDATED=0
-apt_install() { # package...
-    local sudo=()
-    if [[ $EUID -ne 0 ]]; then
-        command -v sudo >/dev/null || die "need root or sudo to install: $*"
-        sudo=(sudo)
-    fi
-    if [[ $APT_UPDATED == 0 ]]; then
-        log "apt-get update"
-        "${sudo[@]}" apt-get update -qq >&2
-        APT_UPDATED=1
-    fi
-    log "apt-get install -y $*"
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$@" >&2
-}
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 [[ -x /usr/bin/time ]] || need+=(time)

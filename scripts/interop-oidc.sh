@@ -33,13 +33,9 @@
 # traffic stays on 127.0.0.1; every request has a timeout, every step runs under `timeout`, the whole script under
 # --timeout; the exit trap stops the server.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
-die() {
-    echo "interop-oidc: $*" >&2
-    exit 1
-}
-log() { echo "interop-oidc: $*" >&2; }
 
 SERVER_BIN=${SERVER_BIN:-}
 SKIP_CODE_FLOW=0

@@ -33,14 +33,10 @@
 # are kept from starting during the install). All traffic goes to 127.0.0.1; every step is bounded by `timeout`;
 # every process started here is stopped by the exit trap.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
 
-die() {
-    echo "peer-cdn: $*" >&2
-    exit 1
-}
-log() { echo "peer-cdn: $*" >&2; }
 
 [[ -z ${ROUNDS:-} ]] || ENV_ROUNDS=$ROUNDS
 QUICK=0
@@ -111,11 +107,6 @@ ZIPF_OBJECT_BYTES=16384
 TARGET_VS_PEER=0.5
 TARGET_VS_FLOOR=1.5
 
-check_int() { # name value min max
-    if ! [[ $2 =~ ^[0-9]+$ ]] || ((10#$2 < $3 || 10#$2 > $4)); then
-        die "$1 must be an integer in $3..$4, got '$2'"
-    fi
-}
 check_int ROUNDS "$ROUNDS" 1 20
 check_int HIT_RATE "$HIT_RATE" 100 200000
 check_int ZIPF_RATE "$ZIPF_RATE" 100 200000
@@ -234,9 +225,6 @@ else
 fi
 chmod 755 "$SHM"
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 # GET http://ADDR/PATH -> prints the status code (000 when nothing answered).
 http_status() { # addr path
     python3 - "$1" "$2" <<'EOF'
@@ -281,12 +269,6 @@ wait_ready_line() { # file pid what
         sleep 0.1
     done
     die "$3 did not announce itself within 60 s"
-}
-stop_pid() { # pid
-    local p=$1
-    kill -TERM "$p" 2>/dev/null || true
-    timeout 15 tail --pid="$p" -f /dev/null 2>/dev/null || kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
 }
 
 # ---------------------------------------------------------------------------------------------------------------

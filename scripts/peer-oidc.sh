@@ -42,14 +42,10 @@
 # apt-get only when node is missing. All traffic stays on 127.0.0.1; every step is bounded by `timeout` and every
 # loadgen run by run.max_duration_s; every process started here is stopped by the exit trap.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() { sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'; }
 
-die() {
-    echo "peer-oidc: $*" >&2
-    exit 1
-}
-log() { echo "peer-oidc: $*" >&2; }
 
 [[ -z ${ROUNDS:-} ]] || ENV_ROUNDS=$ROUNDS
 QUICK=0
@@ -118,11 +114,6 @@ TARGET_RATIO=10
 TARGET_PER_CORE=15000
 OWN_FRACTION=0.8
 
-check_int() { # name value min max
-    if ! [[ $2 =~ ^[0-9]+$ ]] || ((10#$2 < $3 || 10#$2 > $4)); then
-        die "$1 must be an integer in $3..$4, got '$2'"
-    fi
-}
 check_frac() { # name value
     if ! [[ $2 =~ ^[0-9]*\.?[0-9]+$ ]] || ! awk -v x="$2" 'BEGIN { exit !(x > 0 && x <= 2) }'; then
         die "$1 must be a number in (0, 2], got '$2'"
@@ -155,17 +146,6 @@ fi
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tools
-apt_install() { # package...
-    local sudo=()
-    if [[ $EUID -ne 0 ]]; then
-        command -v sudo >/dev/null || die "need root or sudo to install: $*"
-        sudo=(sudo)
-    fi
-    log "apt-get update"
-    timeout 600 "${sudo[@]}" apt-get update -qq >&2
-    log "apt-get install -y $*"
-    DEBIAN_FRONTEND=noninteractive timeout 1200 "${sudo[@]}" apt-get install -y -qq "$@" >&2
-}
 need=()
 command -v python3 >/dev/null || need+=(python3)
 command -v taskset >/dev/null || need+=(util-linux)
@@ -234,12 +214,6 @@ wait_ready_line() { # file pid what
         sleep 0.1
     done
     die "$3 did not announce itself within 60 s"
-}
-stop_pid() { # pid
-    local p=$1
-    kill -TERM "$p" 2>/dev/null || true
-    timeout 15 tail --pid="$p" -f /dev/null 2>/dev/null || kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
 }
 # One client_credentials token from ADDR, checked like loadgen checks it (without the signature): prints "ok" or why not.
 probe_token() { # addr

@@ -24,6 +24,7 @@
 # Needs root (or sudo) only to install missing Debian packages; as root, PostgreSQL runs as the `postgres` user.
 # All traffic goes to 127.0.0.1; every step is wrapped in `timeout`; the cluster is stopped and deleted at exit.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -63,16 +64,6 @@ SERVER_CPU=0
 LOADER_CPU=1
 TARGET_RATIO=20
 
-die() {
-    echo "peer-postgres: $*" >&2
-    exit 1
-}
-log() { echo "peer-postgres: $*" >&2; }
-check_int() { # name value min max
-    if ! [[ $2 =~ ^[0-9]+$ ]] || ((10#$2 < $3 || 10#$2 > $4)); then
-        die "$1 must be an integer in $3..$4, got '$2'"
-    fi
-}
 check_int ROUNDS "$ROUNDS" 1 20
 check_int POOL "$POOL" 1 256
 ROUNDS=$((10#$ROUNDS))
@@ -80,21 +71,6 @@ POOL=$((10#$POOL))
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tools
-APT_UPDATED=0
-apt_install() { # package...
-    local sudo=()
-    if [[ $EUID -ne 0 ]]; then
-        command -v sudo >/dev/null || die "need root or sudo to install: $*"
-        sudo=(sudo)
-    fi
-    if [[ $APT_UPDATED == 0 ]]; then
-        log "apt-get update"
-        timeout 600 "${sudo[@]}" apt-get update -qq >&2
-        APT_UPDATED=1
-    fi
-    log "apt-get install -y $*"
-    DEBIAN_FRONTEND=noninteractive timeout 1200 "${sudo[@]}" apt-get install -y -qq "$@" >&2
-}
 pg_bindir() { find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -1; }
 need=()
 [[ -n $(pg_bindir) && -x $(pg_bindir)/initdb ]] || need+=(postgresql)
@@ -142,9 +118,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # ---------------------------------------------------------------------------------------------------------------
 # Build (before PostgreSQL starts, so a long build does not keep a cluster around)
