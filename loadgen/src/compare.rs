@@ -21,6 +21,19 @@ fn server_cpu(p: &PhaseResult) -> Option<f64> {
         .map(|x| x.cpu_us_per_request)
 }
 
+/// A phase's load model as one word: `closed`, or `open/<arrival>/<dispatch>` (results written before `dispatch`
+/// existed used lanes).
+fn load_of(p: &PhaseResult) -> String {
+    match p.model.as_str() {
+        "open" => format!(
+            "open/{}/{}",
+            p.arrival.as_deref().unwrap_or("fixed"),
+            p.dispatch.as_deref().unwrap_or("lane")
+        ),
+        other => other.to_string(),
+    }
+}
+
 fn pct(base: f64, cand: f64) -> String {
     if base > 0.0 {
         format!("{:+.1}%", (cand / base - 1.0) * 100.0)
@@ -78,6 +91,15 @@ pub fn compare(
             let _ = writeln!(s, "{:<22} missing in candidate", bp.name);
             continue;
         };
+        if load_of(bp) != load_of(cp) {
+            let _ = writeln!(
+                s,
+                "  note {}: the load differs ({} -> {}): its latencies measure different things",
+                bp.name,
+                load_of(bp),
+                load_of(cp)
+            );
+        }
         let cell = |b: f64, c: f64| format!("{b:.0}->{c:.0} {}", pct(b, c));
         let p99 = cell(bp.latency_us.p99 as f64, cp.latency_us.p99 as f64);
         let (cpu_cell, norm_cell, cpu_change) = match (server_cpu(bp), server_cpu(cp)) {

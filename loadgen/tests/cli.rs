@@ -491,6 +491,30 @@ fn compare_a_result_with_itself_and_with_a_regression() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("REGRESSION p0: p99 latency"));
 
+    // The same phase under a different dispatch (and a result from before `dispatch` existed, read as lane):
+    // the comparison says the loads differ.
+    let mut pooled = result(1000);
+    pooled.phases[0].dispatch = Some("pool".into());
+    let pooled_path = dir.path().join("pooled.json");
+    std::fs::write(&pooled_path, serde_json::to_vec(&pooled).unwrap()).unwrap();
+    let mut old = serde_json::to_value(result(1000)).unwrap();
+    old["phases"][0].as_object_mut().unwrap().remove("dispatch");
+    let old_path = dir.path().join("old.json");
+    std::fs::write(&old_path, serde_json::to_vec(&old).unwrap()).unwrap();
+    let out = loadgen(&["compare", path_str(&old_path), path_str(&pooled_path)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("the load differs (open/fixed/lane -> open/fixed/pool)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = loadgen(&["compare", path_str(&old_path), path_str(&base)]);
+    assert!(
+        !text(&out.stdout).contains("the load differs"),
+        "{}",
+        text(&out.stdout)
+    );
+
     let junk = write(dir.path(), "junk.json", "{\"not\": \"a result\"}");
     let out = loadgen(&["compare", path_str(&base), path_str(&junk)]);
     assert_refused("compare with junk", &out, &["not a refbench result"]);
