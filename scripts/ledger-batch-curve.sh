@@ -23,8 +23,8 @@
 #       makes the tail), ROUNDS of the closed runs (3; the median round is reported), OPEN_ROUNDS of each open run
 #       (5: a host stall in one round moves that round's p99 by milliseconds), SERVER_ARGS extra server flags,
 #       space-separated (none: the server's defaults, e.g. SERVER_ARGS="--flush-pacing fixed --preallocate-bytes 0"
-#       for the previous ones), OUT (results/baselines/ledger-batch-curve.json), KEEP_TMP=1 keeps the temporary
-#       folder.
+#       for the previous ones), SETTLE_S seconds of quiet after a `sync` before each run (3), OUT
+#       (results/baselines/ledger-batch-curve.json), KEEP_TMP=1 keeps the temporary folder.
 #   --quick: ROUNDS=1 OPEN_ROUNDS=1 DUR=3, OUT defaults to ${TMPDIR:-/tmp}/ledger-batch-curve.quick.json.
 # All traffic goes to 127.0.0.1; every run is bounded by DUR, the profile's caps and `timeout`.
 set -euo pipefail
@@ -60,6 +60,9 @@ else
     OUT=${OUT:-results/baselines/ledger-batch-curve.json}
 fi
 CONNS=${CONNS:-16}
+SETTLE_S=${SETTLE_S:-3}
+[[ $SETTLE_S =~ ^[0-9]{1,3}$ ]] || { echo "ledger-batch-curve: SETTLE_S must be whole seconds (0-999), got '$SETTLE_S'" >&2; exit 2; }
+export SETTLE_S
 SINGLE_CONNS=${SINGLE_CONNS:-64}
 OPEN_CONNS=${OPEN_CONNS:-256}
 SERVER_ARGS=${SERVER_ARGS:-}
@@ -129,6 +132,11 @@ run() { # name -> prints the result path
     local name=$1
     local out="$TMP/out-$name"
     local rc=0
+    # Settle first: the previous run's server wrote up to gigabytes (batch 8,190) and removed its data directory on
+    # the way out; its dirty pages and freed blocks must not be flushed during this run's measurement. (In both
+    # curves at 6c99c76 and 78c71ba the first open round, right after the batch-8,190 runs, was the worst of its kind.)
+    timeout 120 sync || true
+    sleep "$SETTLE_S"
     timeout $((DUR * 3 + 120)) "$LOADGEN" run "$TMP/$name.toml" --out "$out" >"$TMP/$name.log" 2>&1 || rc=$?
     # Exit 2 with a complete result whose `valid` is false is an invalid *measurement* (the loader could not keep its
     # schedule): it is kept, marked, and reported, not dropped. Anything else (a lost transfer is 1) stops the script.
@@ -230,7 +238,7 @@ doc = {
     "command": f"scripts/ledger-batch-curve.sh {args}".strip(),
     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     "git": {"commit": commit, "dirty": dirty},
-    "settings": {"duration_s": int(dur), "connections": int(conns), "single_transfer_connections": int(single_conns), "open_loop_connections": int(open_conns), "server_args": json.loads(server_args), "rounds": int(rounds), "open_rounds": int(open_rounds), "half_capacity_rps": float(half)},
+    "settings": {"duration_s": int(dur), "connections": int(conns), "single_transfer_connections": int(single_conns), "open_loop_connections": int(open_conns), "server_args": json.loads(server_args), "rounds": int(rounds), "open_rounds": int(open_rounds), "settle_s": float(os.environ.get("SETTLE_S", "3")), "half_capacity_rps": float(half)},
     "host": host,
     "curve": curve,
 }
