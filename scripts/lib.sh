@@ -32,19 +32,24 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# The prefix for commands that need root: empty as root, else sudo (set by apt_install; a script's cleanup may use it).
+SUDO=()
+
 # Installs Debian packages (root, or through sudo), running `apt-get update` once per script run; both steps are
-# bounded in time.
+# bounded in time. A script that defines `apt_before_install` has it called first (after SUDO is set).
 apt_install() { # package...
-    local sudo=()
     if [[ $EUID -ne 0 ]]; then
         command -v sudo >/dev/null || die "need root or sudo to install: $*"
-        sudo=(sudo)
+        SUDO=(sudo)
+    fi
+    if declare -F apt_before_install >/dev/null; then
+        apt_before_install
     fi
     if [[ $APT_UPDATED == 0 ]]; then
         log "apt-get update"
-        timeout 600 "${sudo[@]}" apt-get update -qq >&2
+        timeout 600 "${SUDO[@]}" apt-get update -qq >&2
         APT_UPDATED=1
     fi
     log "apt-get install -y $*"
-    DEBIAN_FRONTEND=noninteractive timeout 1200 "${sudo[@]}" apt-get install -y -qq "$@" >&2
+    DEBIAN_FRONTEND=noninteractive timeout 1200 "${SUDO[@]}" apt-get install -y -qq "$@" >&2
 }

@@ -134,30 +134,17 @@ done
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tools
-APT_UPDATED=0
 POLICY_RC=/usr/sbin/policy-rc.d
 POLICY_RC_OURS=0
-SUDO=()
-apt_install() { # package...
-    if [[ $EUID -ne 0 ]]; then
-        command -v sudo >/dev/null || die "need root or sudo to install: $*"
-        SUDO=(sudo)
-    fi
-    # The Debian packages start their system services (nginx on :80, varnishd on :6081) on install: a policy-rc.d
-    # that says "no" keeps them from starting (removed again at exit if we created it).
+# Called by lib.sh's apt_install. The Debian packages start their system services (nginx on :80, varnishd on :6081)
+# on install: a policy-rc.d that says "no" keeps them from starting (removed again at exit if we created it).
+apt_before_install() {
     if [[ ! -e $POLICY_RC ]]; then
         printf '#!/bin/sh\n# refbench peer-cdn.sh: no service starts during its apt-get install\nexit 101\n' |
             "${SUDO[@]}" tee "$POLICY_RC" >/dev/null
         "${SUDO[@]}" chmod 755 "$POLICY_RC"
         POLICY_RC_OURS=1
     fi
-    if [[ $APT_UPDATED == 0 ]]; then
-        log "apt-get update"
-        timeout 600 "${SUDO[@]}" apt-get update -qq >&2
-        APT_UPDATED=1
-    fi
-    log "apt-get install -y $*"
-    DEBIAN_FRONTEND=noninteractive timeout 1200 "${SUDO[@]}" apt-get install -y -qq "$@" >&2
 }
 need=()
 command -v python3 >/dev/null || need+=(python3)
