@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use refbench_common::admin::{metrics_handle, serve_admin};
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
-use refbench_common::cpu::{pin_to_cpus, validate_cpus};
+use refbench_common::cpu::{pin_to_cpus, validate_process_flags};
 use refbench_common::h1::serve_h1;
 use refbench_common::http::Limits as HttpLimits;
 use refbench_common::shutdown::{self, Shutdown};
@@ -162,7 +162,6 @@ const MAX_SEGMENT_BYTES: u64 = crate::log::MAX_SEGMENT_BYTES;
 /// A segment must hold at least one maximal record (header + a full batch).
 const MIN_SEGMENT_BYTES: u64 = (MAX_RECORD_PAYLOAD_BYTES + crate::log::RECORD_HEADER_BYTES) as u64;
 const MAX_QUEUE: usize = 1 << 20;
-const MAX_THREADS: usize = 256;
 /// Pacing longer than this would only add latency: at 100 ms a flush per gap holds a whole batch anyway.
 const MAX_FLUSH_GAP_US: u64 = 100_000;
 /// See `WriterConfig::flush_gap`; chosen with `profiles/ledger-flush-gap.toml`.
@@ -212,14 +211,10 @@ impl ServeArgs {
         )?;
         range("--max-accounts", self.max_accounts as u64, 1, 1 << 32)?;
         range("--max-transfers", self.max_transfers as u64, 1, 1 << 32)?;
-        range("--threads", self.threads as u64, 1, MAX_THREADS as u64)?;
-        range(
-            "--max-connections",
-            self.max_connections as u64,
-            1,
-            1_000_000,
-        )?;
-        let cpus = validate_cpus(&self.cpus).map_err(|r| LedgerError::invalid("--cpus", r))?;
+        // The same limits and messages as every other server's.
+        let process = validate_process_flags(self.threads, &self.cpus, self.max_connections)
+            .map_err(|(flag, reason)| LedgerError::invalid(flag, reason))?;
+        let cpus = process.cpus;
         Ok(ServePlan {
             bind: self.bind,
             admin_bind: self.admin_bind,
@@ -567,4 +562,36 @@ pub fn run(args: ServeArgs) -> Result<(), LedgerError> {
     });
     runtime.shutdown_timeout(refbench_common::runtime::SHUTDOWN_TIMEOUT);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag is checked once, and a refusal names the flag.
+    #[test]
+    fn resolve_refuses_bad_flags_by_name() {
+        assert!(ServeArgs::default().resolve().is_ok());
+        type Spoil = fn(&mut ServeArgs);
+        let cases: [(&str, Spoil); 8] = [
+            ("--threads", |a| a.threads = 0),
+            ("--cpus", |a| a.cpus = vec![usize::MAX]),
+            ("--max-connections", |a| a.max_connections = 0),
+            ("--segment-bytes", |a| a.segment_bytes = 1),
+            ("--queue", |a| a.queue = 0),
+            ("--flush-gap-us", |a| a.flush_gap_us = MAX_FLUSH_GAP_US + 1),
+            ("--max-transfers", |a| a.max_transfers = 0),
+            ("--preallocate-bytes", |a| {
+                a.preallocate_bytes = crate::log::MAX_PREALLOCATE_BYTES + 1
+            }),
+        ];
+        for (flag, spoil) in cases {
+            let mut args = ServeArgs::default();
+            spoil(&mut args);
+            match args.resolve() {
+                Err(LedgerError::InvalidArg { flag: named, .. }) => assert_eq!(named, flag),
+                other => panic!("{flag}: {other:?}"),
+            }
+        }
+    }
 }
