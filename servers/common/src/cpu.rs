@@ -53,6 +53,40 @@ pub struct ProcessFlags {
     pub max_connections: usize,
 }
 
+/// The process flags every HTTP server takes; flatten into the server's clap `Args` (`#[command(flatten)]`).
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct ProcessArgs {
+    /// Runtime threads: 1 = tokio current_thread, n > 1 = multi_thread with n workers.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub threads: usize,
+
+    /// CPU cores to pin to before the runtime starts, e.g. "0,1".
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+
+    /// Concurrent connections served; more wait in the kernel backlog.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+}
+
+impl Default for ProcessArgs {
+    /// The command-line defaults.
+    fn default() -> Self {
+        ProcessArgs {
+            threads: 1,
+            cpus: Vec::new(),
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl ProcessArgs {
+    /// [`validate_process_flags`] of these flags.
+    pub fn validate(&self) -> Result<ProcessFlags, (&'static str, String)> {
+        validate_process_flags(self.threads, &self.cpus, self.max_connections)
+    }
+}
+
 /// Checks `--threads`, `--cpus` and `--max-connections` once for every server; on refusal returns the flag and the
 /// reason, for the server's own error type.
 pub fn validate_process_flags(
@@ -160,6 +194,30 @@ pub fn timer_slack_ns() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ProcessArgs::default()` is what the command line gives with no flags.
+    #[test]
+    fn process_args_default_is_the_command_line_default() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            process: ProcessArgs,
+        }
+        let parsed = Wrapper::try_parse_from(["server"]).expect("no flags parse");
+        assert_eq!(parsed.process, ProcessArgs::default());
+        let flags = Wrapper::try_parse_from(["server", "--threads", "2", "--cpus", "0,0"])
+            .expect("flags parse")
+            .process
+            .validate()
+            .expect("valid on any host");
+        assert_eq!((flags.threads, flags.cpus), (2, vec![0]));
+        let refused = Wrapper::try_parse_from(["server", "--max-connections", "0"])
+            .expect("parses")
+            .process
+            .validate();
+        assert_eq!(refused.map_err(|(flag, _)| flag), Err("--max-connections"));
+    }
 
     #[test]
     fn process_flags_are_checked_by_name() {

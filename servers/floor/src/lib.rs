@@ -30,7 +30,7 @@ use hdrhistogram::Histogram;
 use refbench_common::admin::{metrics_handle, serve_admin};
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
-use refbench_common::cpu::{pin_to_cpus, validate_process_flags};
+use refbench_common::cpu::{ProcessArgs, pin_to_cpus};
 use refbench_common::http::{Limits, serve_http};
 use refbench_common::shutdown::{self, Shutdown};
 use tokio::task::JoinHandle;
@@ -85,17 +85,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS", requires = "stall_hold_ms")]
     pub stall_every_ms: Option<u64>,
 
-    /// Runtime threads: 1 = tokio current_thread, n > 1 = multi_thread with n workers.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub threads: usize,
-
-    /// CPU cores to pin to before the runtime starts, e.g. "0,1".
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    pub cpus: Vec<usize>,
-
-    /// Concurrent connections served; more wait in the kernel backlog.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    pub max_connections: usize,
+    /// --threads, --cpus, --max-connections.
+    #[command(flatten)]
+    pub process: ProcessArgs,
 
     /// Largest request body read (and discarded); larger ones get 413.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_REQUEST_BODY_BYTES)]
@@ -198,7 +190,9 @@ impl ServeArgs {
                 ));
             }
         };
-        let process = validate_process_flags(self.threads, &self.cpus, self.max_connections)
+        let process = self
+            .process
+            .validate()
             .map_err(|(flag, reason)| FloorError::invalid(flag, reason))?;
         let cpus = process.cpus;
         if self.max_request_body_bytes > MAX_REQUEST_BODY_BYTES {
@@ -217,7 +211,7 @@ impl ServeArgs {
             ));
         }
         let limits = Limits {
-            max_connections: self.max_connections,
+            max_connections: process.max_connections,
             max_body_bytes: self.max_request_body_bytes,
             ..Limits::default()
         };
@@ -231,7 +225,7 @@ impl ServeArgs {
             ServePlan {
                 bind: self.bind,
                 admin_bind: self.admin_bind,
-                threads: self.threads,
+                threads: process.threads,
                 cpus,
                 limits,
                 holds_out: self.holds_out.clone(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use refbench_common::admin::{metrics_handle, serve_admin};
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
-use refbench_common::cpu::{pin_to_cpus, validate_process_flags};
+use refbench_common::cpu::{ProcessArgs, pin_to_cpus};
 use refbench_common::h1::serve_h1;
 use refbench_common::http::Limits as HttpLimits;
 use refbench_common::shutdown::{self, Shutdown};
@@ -100,17 +100,9 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = DamagePolicy::Truncate)]
     pub on_damage: DamagePolicy,
 
-    /// Runtime threads for HTTP: 1 = tokio current_thread (the writer has its own thread).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub threads: usize,
-
-    /// CPU cores to pin to before any thread starts, e.g. "0,1".
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    pub cpus: Vec<usize>,
-
-    /// Concurrent connections served; more wait in the kernel backlog.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    pub max_connections: usize,
+    /// --threads, --cpus, --max-connections.
+    #[command(flatten)]
+    pub process: ProcessArgs,
 }
 
 impl Default for ServeArgs {
@@ -212,7 +204,9 @@ impl ServeArgs {
         range("--max-accounts", self.max_accounts as u64, 1, 1 << 32)?;
         range("--max-transfers", self.max_transfers as u64, 1, 1 << 32)?;
         // The same limits and messages as every other server's.
-        let process = validate_process_flags(self.threads, &self.cpus, self.max_connections)
+        let process = self
+            .process
+            .validate()
             .map_err(|(flag, reason)| LedgerError::invalid(flag, reason))?;
         let cpus = process.cpus;
         Ok(ServePlan {
@@ -236,10 +230,10 @@ impl ServeArgs {
                 max_accounts: self.max_accounts,
                 max_transfers: self.max_transfers,
             },
-            threads: self.threads,
+            threads: process.threads,
             cpus,
             http: HttpLimits {
-                max_connections: self.max_connections,
+                max_connections: process.max_connections,
                 max_body_bytes: MAX_REQUEST_BODY_BYTES,
                 ..HttpLimits::default()
             },
@@ -574,9 +568,9 @@ mod tests {
         assert!(ServeArgs::default().resolve().is_ok());
         type Spoil = fn(&mut ServeArgs);
         let cases: [(&str, Spoil); 8] = [
-            ("--threads", |a| a.threads = 0),
-            ("--cpus", |a| a.cpus = vec![usize::MAX]),
-            ("--max-connections", |a| a.max_connections = 0),
+            ("--threads", |a| a.process.threads = 0),
+            ("--cpus", |a| a.process.cpus = vec![usize::MAX]),
+            ("--max-connections", |a| a.process.max_connections = 0),
             ("--segment-bytes", |a| a.segment_bytes = 1),
             ("--queue", |a| a.queue = 0),
             ("--flush-gap-us", |a| a.flush_gap_us = MAX_FLUSH_GAP_US + 1),

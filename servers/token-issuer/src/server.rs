@@ -8,7 +8,7 @@ use std::time::Duration;
 use refbench_common::admin::{metrics_handle, serve_admin};
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
-use refbench_common::cpu::{pin_to_cpus, validate_process_flags};
+use refbench_common::cpu::{ProcessArgs, pin_to_cpus};
 use refbench_common::h1::serve_h1;
 use refbench_common::http::Limits as HttpLimits;
 use refbench_common::shutdown::{self, Shutdown};
@@ -61,17 +61,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub secret_pepper_file: Option<PathBuf>,
 
-    /// Runtime threads: 1 = tokio current_thread, n > 1 = multi_thread with n workers.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub threads: usize,
-
-    /// CPU cores to pin to before the runtime starts, e.g. "0,1".
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    pub cpus: Vec<usize>,
-
-    /// Concurrent connections served; more wait in the kernel backlog.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    pub max_connections: usize,
+    /// --threads, --cpus, --max-connections.
+    #[command(flatten)]
+    pub process: ProcessArgs,
 
     /// `ALIAS=URL`: the config's trusted issuer with that `alias` is at URL (its exact `iss`), whatever the file
     /// says. For issuers started on ephemeral ports, e.g. by `loadgen run` (`{url:org-a}` in a target's args).
@@ -125,7 +117,9 @@ fn read_flag_file(flag: &'static str, path: &Path) -> Result<String, OidcError> 
 impl ServeArgs {
     /// Reads the files the flags name and validates everything once; errors name the flag or config field.
     pub fn resolve(&self) -> Result<ServePlan, OidcError> {
-        let process = validate_process_flags(self.threads, &self.cpus, self.max_connections)
+        let process = self
+            .process
+            .validate()
             .map_err(|(flag, reason)| OidcError::invalid(flag, reason))?;
         if let Some(i) = &self.issuer {
             validate_issuer(i).map_err(|r| OidcError::invalid("--issuer", r))?;
@@ -207,10 +201,10 @@ impl ServeArgs {
             admin_bind: self.admin_bind,
             config,
             admin_token,
-            threads: self.threads,
+            threads: process.threads,
             cpus: process.cpus,
             http: HttpLimits {
-                max_connections: self.max_connections,
+                max_connections: process.max_connections,
                 max_body_bytes: MAX_TRANSPORT_BODY_BYTES,
                 ..HttpLimits::default()
             },

@@ -68,7 +68,7 @@ use refbench_common::CommonError;
 use refbench_common::admin::{Upkeep, metrics_handle};
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
-use refbench_common::cpu::{pin_to_cpus, validate_process_flags};
+use refbench_common::cpu::{ProcessArgs, pin_to_cpus};
 use refbench_common::h1::serve_h1;
 use refbench_common::http::{Limits, serve_http};
 use refbench_common::shutdown::{self, Shutdown};
@@ -636,17 +636,9 @@ pub struct CacheArgs {
     #[arg(long, value_name = "N", default_value_t = TierConfig::default().prefetch_max_inflight)]
     pub prefetch_max_inflight: usize,
 
-    /// Runtime threads: 1 = tokio current_thread, n > 1 = multi_thread with n workers.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub threads: usize,
-
-    /// CPU cores to pin to before the runtime starts, e.g. "0,1".
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    pub cpus: Vec<usize>,
-
-    /// Concurrent client connections served; more wait in the kernel backlog.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    pub max_connections: usize,
+    /// --threads, --cpus, --max-connections.
+    #[command(flatten)]
+    pub process: ProcessArgs,
 }
 
 /// Where to listen and how to run (everything in [`CacheArgs`] besides the [`TierConfig`]).
@@ -730,17 +722,19 @@ impl CacheArgs {
             }
             other => other,
         })?;
-        let process = validate_process_flags(self.threads, &self.cpus, self.max_connections)
+        let process = self
+            .process
+            .validate()
             .map_err(|(flag, reason)| CacheError::invalid(flag, reason))?;
         let cpus = process.cpus;
         let mut plan = TierPlan {
             bind: self.bind,
             admin_bind: self.admin_bind,
-            threads: self.threads,
+            threads: process.threads,
             cpus,
             ..TierPlan::default()
         };
-        plan.limits.max_connections = self.max_connections;
+        plan.limits.max_connections = process.max_connections;
         plan.limits.max_body_bytes = cfg.max_request_body_bytes;
         Ok((cfg, plan))
     }

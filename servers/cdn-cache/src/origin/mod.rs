@@ -112,7 +112,7 @@ use refbench_common::CommonError;
 use refbench_common::admin::metrics_handle;
 use refbench_common::announce::{Ready, announce};
 use refbench_common::bind::{DEFAULT_BIND, bind_tcp};
-use refbench_common::cpu::{pin_to_cpus, validate_process_flags};
+use refbench_common::cpu::{ProcessArgs, pin_to_cpus};
 use refbench_common::http::{Limits, serve_http};
 use refbench_common::shutdown::{self, Shutdown};
 use tokio::net::TcpListener;
@@ -197,17 +197,9 @@ pub struct OriginArgs {
     #[arg(long, value_name = "CODE", default_value_t = 503)]
     pub fail_status: u16,
 
-    /// Runtime threads: 1 = tokio current_thread, n > 1 = multi_thread with n workers.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub threads: usize,
-
-    /// CPU cores to pin to before the runtime starts, e.g. "0,1".
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    pub cpus: Vec<usize>,
-
-    /// Concurrent connections served; more wait in the kernel backlog.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    pub max_connections: usize,
+    /// --threads, --cpus, --max-connections.
+    #[command(flatten)]
+    pub process: ProcessArgs,
 }
 
 impl Default for OriginArgs {
@@ -326,17 +318,19 @@ impl OriginArgs {
             cfg.injections.push(global);
         }
         let resolved = cfg.resolve()?;
-        let process = validate_process_flags(self.threads, &self.cpus, self.max_connections)
+        let process = self
+            .process
+            .validate()
             .map_err(|(flag, reason)| OriginError::invalid(flag, reason))?;
         let cpus = process.cpus;
         let mut plan = OriginPlan {
             bind: self.bind,
             admin_bind: self.admin_bind,
-            threads: self.threads,
+            threads: process.threads,
             cpus,
             ..OriginPlan::default()
         };
-        plan.limits.max_connections = self.max_connections;
+        plan.limits.max_connections = process.max_connections;
         Ok((resolved, plan))
     }
 }
