@@ -57,33 +57,18 @@ impl LaneSchedule {
         )
     }
 
-    /// One stream carrying the share of lanes `block` out of `lanes` (a loader process's lanes when they draw from
-    /// a pool): its rate is the sum of theirs. Poisson: the superposition of their Poisson streams is one Poisson
-    /// stream of the summed rate. Fixed: evenly spaced, phased by the block's start so that equal blocks interleave
-    /// (block k of n starts k/n into its interval), as single lanes do.
-    pub fn pooled(
-        rate_rps: f64,
-        end_rate_rps: f64,
-        duration_s: f64,
-        arrival: Arrival,
-        block: std::ops::Range<usize>,
-        lanes: usize,
-        seed: u64,
-    ) -> LaneSchedule {
-        // A salt keeps the pool's draws apart from lane `block.start`'s own stream.
-        let rng_seed = mix_seed(seed ^ 0x706F_6F6C, block.start as u64);
-        LaneSchedule::block(
-            rate_rps,
-            end_rate_rps,
-            duration_s,
-            arrival,
-            block,
-            lanes,
-            rng_seed,
-        )
+    /// The seed of a pool's stream (see [`LaneSchedule::block`]): salted so the pool's draws are not those of lane
+    /// `block_start`'s own stream.
+    pub fn pool_seed(seed: u64, block_start: usize) -> u64 {
+        mix_seed(seed ^ 0x706F_6F6C, block_start as u64)
     }
 
-    fn block(
+    /// One stream carrying the share of lanes `block` out of `lanes` (a single lane, or a loader process's lanes
+    /// when they draw from a pool, seeded by [`LaneSchedule::pool_seed`]): its rate is the sum of theirs. Poisson:
+    /// the superposition of their Poisson streams is one Poisson stream of the summed rate. Fixed: evenly spaced,
+    /// phased by the block's start so that equal blocks interleave (block k of n starts k/n into its interval), as
+    /// single lanes do.
+    pub fn block(
         rate_rps: f64,
         end_rate_rps: f64,
         duration_s: f64,
@@ -244,14 +229,14 @@ mod tests {
         let per_block: Vec<Vec<f64>> = blocks
             .iter()
             .map(|b| {
-                all(LaneSchedule::pooled(
+                all(LaneSchedule::block(
                     1000.0,
                     1000.0,
                     1.0,
                     Arrival::Fixed,
                     b.clone(),
                     10,
-                    7,
+                    LaneSchedule::pool_seed(7, b.start),
                 ))
             })
             .collect();
@@ -263,14 +248,14 @@ mod tests {
         let mut two: Vec<f64> = [0..4, 4..8]
             .into_iter()
             .flat_map(|b| {
-                all(LaneSchedule::pooled(
+                all(LaneSchedule::block(
                     1000.0,
                     1000.0,
                     1.0,
                     Arrival::Fixed,
-                    b,
+                    b.clone(),
                     8,
-                    7,
+                    LaneSchedule::pool_seed(7, b.start),
                 ))
             })
             .collect();
@@ -280,14 +265,14 @@ mod tests {
             assert!((w[1] - w[0] - 0.001).abs() < 1e-9, "gap {}", w[1] - w[0]);
         }
         // Poisson: the pool's count is its share of the rate, and its draws are not lane 0's own.
-        let pool = all(LaneSchedule::pooled(
+        let pool = all(LaneSchedule::block(
             2000.0,
             2000.0,
             10.0,
             Arrival::Poisson,
             0..8,
             16,
-            42,
+            LaneSchedule::pool_seed(42, 0),
         ));
         // 10,000 expected; Poisson sd = 100.
         assert!((9_600..=10_400).contains(&pool.len()), "n = {}", pool.len());

@@ -490,14 +490,14 @@ async fn run_async(spec: WorkerSpec) -> Result<WorkerReport, RunError> {
             end_rate_rps,
             arrival,
             dispatch: Dispatch::Pool,
-        } => Some(Mutex::new(LaneSchedule::pooled(
+        } => Some(Mutex::new(LaneSchedule::block(
             rate_rps,
             end_rate_rps,
             spec.phase.duration_s,
             arrival,
             spec.lane_offset..spec.lane_offset + spec.lanes,
             spec.total_lanes,
-            spec.phase.seed,
+            LaneSchedule::pool_seed(spec.phase.seed, spec.lane_offset),
         ))),
         _ => None,
     };
