@@ -14,9 +14,9 @@ use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::service::Service;
-use refbench_common::h1::{FastPath, H1Body, Head, Out};
+use refbench_common::h1::{FastPath, Head, Out};
 use refbench_common::http::{BodyError, read_body_limited};
 use tokio::sync::Semaphore;
 
@@ -425,24 +425,18 @@ fn binary(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     r
 }
 
-impl Service<Request<Incoming>> for LedgerApp {
+/// Any request body the servers hand over: hyper's (HTTP/2, or `serve_http`) or the lean HTTP/1.1 server's
+/// (`refbench_common::h1::serve_h1`, the body already read up to the limit).
+impl<B> Service<Request<B>> for LedgerApp
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let app = self.clone();
-        Box::pin(async move { Ok(app.handle(req).await) })
-    }
-}
-
-/// The lean HTTP/1.1 server's requests (`refbench_common::h1::serve_h1`): the body already read, up to the limit.
-impl Service<Request<H1Body>> for LedgerApp {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn call(&self, req: Request<H1Body>) -> Self::Future {
+    fn call(&self, req: Request<B>) -> Self::Future {
         let app = self.clone();
         Box::pin(async move { Ok(app.handle(req).await) })
     }
