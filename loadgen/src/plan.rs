@@ -433,6 +433,27 @@ pub enum Arrival {
     Poisson,
 }
 
+/// A profile value picked by name from `choices`; absent means the first. Refused with the field and the choices.
+fn one_of<T: Copy>(
+    field: String,
+    given: Option<&str>,
+    choices: &[(&str, T)],
+) -> Result<T, ProfileError> {
+    let Some(name) = given else {
+        return Ok(choices[0].1);
+    };
+    match choices.iter().find(|(n, _)| *n == name) {
+        Some((_, v)) => Ok(*v),
+        None => {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+            Err(ProfileError::invalid(
+                field,
+                format!("`{name}`: use {}", names.join(" or ")),
+            ))
+        }
+    }
+}
+
 /// How the open model's arrivals are handed to lanes.
 ///
 /// Why both: with `lane`, an arrival whose lane still waits for its previous response waits too, even when other
@@ -1627,26 +1648,16 @@ fn resolve_phase(
                     "only for model = \"closed\"",
                 ));
             }
-            let arrival = match p.arrival.as_deref().unwrap_or("fixed") {
-                "fixed" => Arrival::Fixed,
-                "poisson" => Arrival::Poisson,
-                other => {
-                    return Err(ProfileError::invalid(
-                        format!("{f}.arrival"),
-                        format!("`{other}`: use \"fixed\" or \"poisson\""),
-                    ));
-                }
-            };
-            let dispatch = match p.dispatch.as_deref().unwrap_or("lane") {
-                "lane" => Dispatch::Lane,
-                "pool" => Dispatch::Pool,
-                other => {
-                    return Err(ProfileError::invalid(
-                        format!("{f}.dispatch"),
-                        format!("`{other}`: use \"lane\" or \"pool\""),
-                    ));
-                }
-            };
+            let arrival = one_of(
+                format!("{f}.arrival"),
+                p.arrival.as_deref(),
+                &[("fixed", Arrival::Fixed), ("poisson", Arrival::Poisson)],
+            )?;
+            let dispatch = one_of(
+                format!("{f}.dispatch"),
+                p.dispatch.as_deref(),
+                &[("lane", Dispatch::Lane), ("pool", Dispatch::Pool)],
+            )?;
             match (&p.steps_rps, p.rate_rps) {
                 (Some(_), Some(_)) | (Some(_), None) if p.ramp_to_rps.is_some() => {
                     return Err(ProfileError::invalid(

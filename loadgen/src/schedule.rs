@@ -225,40 +225,29 @@ mod tests {
     #[test]
     fn pooled_blocks_carry_their_lanes_share_and_interleave() {
         // Three loader processes of 4, 4 and 2 lanes out of 10 at 1,000/s: each pool carries its lanes' share.
-        let blocks = [0..4, 4..8, 8..10];
-        let per_block: Vec<Vec<f64>> = blocks
-            .iter()
-            .map(|b| {
-                all(LaneSchedule::block(
-                    1000.0,
-                    1000.0,
-                    1.0,
-                    Arrival::Fixed,
-                    b.clone(),
-                    10,
-                    LaneSchedule::pool_seed(7, b.start),
-                ))
-            })
+        // One second at 1,000/s of fixed arrivals for the pool of `block` out of `lanes`.
+        let pool = |block: std::ops::Range<usize>, lanes: usize| {
+            let seed = LaneSchedule::pool_seed(7, block.start);
+            all(LaneSchedule::block(
+                1000.0,
+                1000.0,
+                1.0,
+                Arrival::Fixed,
+                block,
+                lanes,
+                seed,
+            ))
+        };
+        let per_block: Vec<Vec<f64>> = [0..4, 4..8, 8..10]
+            .into_iter()
+            .map(|b| pool(b, 10))
             .collect();
         assert_eq!(
             per_block.iter().map(Vec::len).collect::<Vec<_>>(),
             [400, 400, 200]
         );
         // Equal blocks (2 processes of 4 lanes out of 8) alternate: together evenly spaced at the phase rate.
-        let mut two: Vec<f64> = [0..4, 4..8]
-            .into_iter()
-            .flat_map(|b| {
-                all(LaneSchedule::block(
-                    1000.0,
-                    1000.0,
-                    1.0,
-                    Arrival::Fixed,
-                    b.clone(),
-                    8,
-                    LaneSchedule::pool_seed(7, b.start),
-                ))
-            })
-            .collect();
+        let mut two: Vec<f64> = [0..4, 4..8].into_iter().flat_map(|b| pool(b, 8)).collect();
         two.sort_by(f64::total_cmp);
         assert_eq!(two.len(), 1000);
         for w in two.windows(2) {
