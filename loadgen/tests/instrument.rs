@@ -67,7 +67,7 @@ fn rand_suffix() -> u64 {
         .subsec_nanos() as u64
 }
 
-/// Every reported percentile up to p99.9 lies within 3 % + 150 µs of the injected delays' percentile.
+/// Every reported percentile up to p99.9 matches the injected delays, within what the loopback path itself adds.
 ///
 /// "Injected" is checked against two references:
 /// - the *nominal* delays, reproduced exactly: the floor draws the k-th request's delay from a counter-based
@@ -75,12 +75,20 @@ fn rand_suffix() -> u64 {
 /// - the *realized* delays: what the server actually held each response for, timer lateness included, as the floor
 ///   writes them with `--holds-out`.
 ///
-/// An attempt passes when p50, p90 and p99 are within tolerance of both, and p99.9 of the realized delays. At p99.9
-/// the two references differ on this shared VM: a few responses per second are released up to milliseconds late
-/// because the server's thread was descheduled (the floor counts them in `floor_release_late_over_*`). That is
-/// delay the server really injected, which a correct instrument must report; holding p99.9 to the nominal model
-/// would blame the instrument for the host. The realized reference is also the stricter one where it matters: an
-/// instrument that smoothed over the server's real stalls would match the nominal p99.9 and fail this check.
+/// Three checks per attempt:
+/// - **Never under-report.** Every request's latency (intended send to response) contains its realized hold, so at
+///   every quantile the reported latency is at least the realized hold's (histogram precision aside). This is what
+///   coordinated omission, dropped samples or a smoothed tail would break, and host noise cannot help it pass.
+/// - **Body within 3 % + 150 µs.** p50 and p90 lie within 3 % + 150 µs of both references: a coarse timer, a late
+///   pacer or queueing inside the loader shows here.
+/// - **Tail within the path.** p99 and p99.9 exceed the realized hold by at most what the loopback path costs at the
+///   same quantile (3 % + 100 µs on top). The path is measured in the same attempt by a phase just before, at the
+///   same rate and connections, against a floor that holds each response 1 µs, so it goes through the same timer and
+///   write path. (The sum of two quantiles bounds the sum's quantile when the two move together, as hold and path do
+///   when a stall hits both.) On this shared 2-vCPU VM a busy loop sees a vCPU frozen for 3-4 ms about once a
+///   second, so the path's p99 is 140-300 µs and its p99.9 is those freezes, 2-4 ms: at p99 this check still holds
+///   the loader to a few hundred µs, at p99.9 it only bounds it by the host. A fixed tolerance failed whole CI runs
+///   in a noisy spell; the tail's real guard is the first check, which no noise can help pass.
 ///
 /// The rate (4,000/s, 40,000 samples) keeps p99.9 statistically stable and the cores from idling between requests:
 /// on this VM an idle core takes tens of microseconds to wake, which would be measured (correctly) as latency of
@@ -107,7 +115,7 @@ fn known_latency_percentiles_match_injected_delays() {
     // loader, a smoothed tail) is in every attempt, so the check passes when one attempt is within tolerance at
     // every percentile; every attempt is printed with its disturbance counts, so a failure shows whether the host
     // or the instrument is to blame. Noise comes in spells (in one noisy hour only 1 attempt in 6 was clean of
-    // loader stalls), hence up to 15 attempts with a pause between them: at most about 3.5 minutes, usually one
+    // loader stalls), hence up to 15 attempts with a pause between them: at most about 4.5 minutes, usually one
     // or two attempts. Set KNOWN_LATENCY_ALL_ATTEMPTS to run all of them and see how often this host spoils one.
     const ATTEMPTS: u32 = 15;
     let mut report = String::new();
@@ -129,6 +137,16 @@ late_threshold_us = 250
 [targets.delay]
 builtin = "floor"
 args = ["--delay-fixed-us", "{}", "--delay-exp-mean-us", "{}", "--seed", "{}", "--holds-out", "{}"]
+[targets.path]
+builtin = "floor"
+args = ["--delay-fixed-us", "1"]
+[[phases]]
+name = "path"
+target = "path"
+model = "open"
+rate_rps = 4000
+duration_s = 4
+connections = 64
 [[phases]]
 name = "steady"
 target = "delay"
@@ -176,10 +194,15 @@ connections = 64
             .copied()
             .unwrap_or(0.0) as u64;
         let late_sends = p.requests.late;
+        let path = hist::decode(&phase(&run.result, "path").histogram_hdr_v2).unwrap();
         report.push_str(&format!(
             "attempt {attempt}: {n} requests; sends >250 us late {late_sends} (send lag p99 {} us, p99.9 {} us); \
-             server releases >1 ms late {late_releases}\n",
-            p.send_lag_us.p99, p.send_lag_us.p999,
+             server releases >1 ms late {late_releases}; path p50 {} us, p99 {} us, p99.9 {} us\n",
+            p.send_lag_us.p99,
+            p.send_lag_us.p999,
+            path.value_at_quantile(0.5),
+            path.value_at_quantile(0.99),
+            path.value_at_quantile(0.999),
         ));
         let mut injected: Vec<u64> = (0..n)
             .map(|k| model.delay_for(k).as_micros() as u64)
@@ -194,29 +217,42 @@ connections = 64
             let got = lat.value_at_quantile(q) as f64;
             let nominal = q_of(q);
             let real = realized.value_at_quantile(q) as f64;
-            let tol_nominal = 0.03 * nominal + 150.0;
-            let tol_real = 0.03 * real + 150.0;
-            // p99.9 is judged against the realized delays only (see the doc comment).
-            let nominal_judged = q < 0.999;
-            let nominal_ok = !nominal_judged || (got - nominal).abs() <= tol_nominal;
-            let real_ok = (got - real).abs() <= tol_real;
+            // Both histograms keep 3 significant digits: two values of one true quantile differ by up to 0.2 %.
+            let floor = real * 0.998 - 1.0;
+            let (verdict, ok_q) = if q < 0.99 {
+                let tol_nominal = 0.03 * nominal + 150.0;
+                let tol_real = 0.03 * real + 150.0;
+                let ok_q =
+                    got >= floor && (got - nominal).abs() <= tol_nominal && got - real <= tol_real;
+                (
+                    format!(
+                        "nominal {nominal:.0} us, error {:+.0} (tolerance {tol_nominal:.0}); realized {real:.0} us, \
+                         error {:+.0} (tolerance {:.0} below, {tol_real:.0} above)",
+                        got - nominal,
+                        got - real,
+                        real - floor,
+                    ),
+                    ok_q,
+                )
+            } else {
+                let path_q = path.value_at_quantile(q) as f64;
+                let ceiling = real + path_q + 0.03 * real + 100.0;
+                (
+                    format!(
+                        "nominal {nominal:.0} us (for information); realized {real:.0} us, error {:+.0} \
+                         (allowed {:.0} below, {:.0} above: path {path_q:.0} + 3 % + 100)",
+                        got - real,
+                        real - floor,
+                        ceiling - real,
+                    ),
+                    got >= floor && got <= ceiling,
+                )
+            };
             report.push_str(&format!(
-                "  q={q}: reported {got:.0} us; nominal {nominal:.0} us, error {:+.0} ({}); \
-                 realized {real:.0} us, error {:+.0} (tolerance {tol_real:.0}){}\n",
-                got - nominal,
-                if nominal_judged {
-                    format!("tolerance {tol_nominal:.0}")
-                } else {
-                    "for information".to_string()
-                },
-                got - real,
-                if nominal_ok && real_ok {
-                    ""
-                } else {
-                    "  <-- OUT"
-                }
+                "  q={q}: reported {got:.0} us; {verdict}{}\n",
+                if ok_q { "" } else { "  <-- OUT" }
             ));
-            ok &= nominal_ok && real_ok;
+            ok &= ok_q;
         }
         if ok && std::env::var_os("KNOWN_LATENCY_ALL_ATTEMPTS").is_none() {
             passed = true;
