@@ -258,7 +258,7 @@ pub struct PhaseResult {
     pub processes: Vec<ProcessResult>,
     /// Server CPU per request over the calibration floor's (needs calibration and a built-in target).
     pub server_cpu_floor_ratio: Option<f64>,
-    /// Change of each server counter over the phase, by target.
+    /// By target, each server series: a counter's change over the phase, a level's (gauge, quantile) value at its end.
     pub server_metrics: BTreeMap<String, BTreeMap<String, f64>>,
     /// Goose's reports for this phase.
     pub goose_reports: Vec<String>,

@@ -895,6 +895,12 @@ fn late_send_warning(phase: &str, late_threshold_us: u64, requests: &Requests) -
     ))
 }
 
+/// What a phase did to each server series: a counter's change over the phase, a level's value at its end.
+///
+/// Counters are told by the Prometheus naming convention every refbench server follows: `_total`, and a summary's
+/// `_sum` and `_count`. Everything else is a level, a gauge (`ledger_flush_gap_seconds`) or a summary quantile
+/// (`ledger_fsync_seconds{quantile="0.99"}`): the difference of two levels means nothing, and of two quantiles of
+/// rolling windows it came out negative.
 fn metric_deltas(
     before: Option<&BTreeMap<String, f64>>,
     after: Option<&BTreeMap<String, f64>>,
@@ -903,8 +909,22 @@ fn metric_deltas(
         return BTreeMap::new();
     };
     a.iter()
-        .map(|(k, v)| (k.clone(), v - b.get(k).copied().unwrap_or(0.0)))
+        .map(|(k, v)| {
+            let v = if is_counter_series(k) {
+                v - b.get(k).copied().unwrap_or(0.0)
+            } else {
+                *v
+            };
+            (k.clone(), v)
+        })
         .collect()
+}
+
+/// Whether a series (`name{labels}`) counts up: see [`metric_deltas`].
+fn is_counter_series(series: &str) -> bool {
+    let name = series.split('{').next().unwrap_or(series);
+    !series.contains("quantile=\"")
+        && (name.ends_with("_total") || name.ends_with("_sum") || name.ends_with("_count"))
 }
 
 fn slo_checks(phase: &PhaseResult, slo: &SloSection) -> Vec<SloCheck> {
@@ -1930,6 +1950,39 @@ pub fn write_result(out_dir: &Path, result: &RunResult) -> Result<(), RunError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_change_over_a_phase_and_levels_keep_their_end_value() {
+        let scrape = |pairs: &[(&str, f64)]| -> BTreeMap<String, f64> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        let before = scrape(&[
+            ("ledger_records_total", 100.0),
+            ("ledger_fsync_seconds_sum", 2.0),
+            ("ledger_fsync_seconds_count", 50.0),
+            ("ledger_fsync_seconds{quantile=\"0.99\"}", 0.004),
+            ("ledger_flush_gap_seconds", 0.001),
+            ("rejected_total{reason=\"x\"}", 1.0),
+        ]);
+        let after = scrape(&[
+            ("ledger_records_total", 160.0),
+            ("ledger_fsync_seconds_sum", 2.5),
+            ("ledger_fsync_seconds_count", 80.0),
+            ("ledger_fsync_seconds{quantile=\"0.99\"}", 0.0002),
+            ("ledger_flush_gap_seconds", 0.0003),
+            ("rejected_total{reason=\"x\"}", 4.0),
+            ("http_connections_active", 256.0),
+        ]);
+        let d = metric_deltas(Some(&before), Some(&after));
+        assert_eq!(d["ledger_records_total"], 60.0);
+        assert_eq!(d["ledger_fsync_seconds_sum"], 0.5);
+        assert_eq!(d["ledger_fsync_seconds_count"], 30.0);
+        assert_eq!(d["rejected_total{reason=\"x\"}"], 3.0);
+        assert_eq!(d["ledger_fsync_seconds{quantile=\"0.99\"}"], 0.0002);
+        assert_eq!(d["ledger_flush_gap_seconds"], 0.0003);
+        assert_eq!(d["http_connections_active"], 256.0);
+        assert!(metric_deltas(None, Some(&after)).is_empty());
+    }
 
     #[test]
     fn late_send_warning_names_the_share_and_the_trusted_percentile() {
