@@ -20,10 +20,12 @@
 #       connections of single transfers (64: a writer that paces its flushes caps 16 connections near 16 transfers
 #       per flush whatever the server could do), OPEN_CONNS connections of the open-loop runs (256: with `lane`
 #       dispatch and few lanes a request waits for its lane's previous response, and the loader, not the server,
-#       makes the tail), ROUNDS of the closed runs (3; the median round is reported), OPEN_ROUNDS of each open run
+#       makes the tail), ROUNDS of the closed runs (3; the median of the valid rounds is reported), OPEN_ROUNDS of each open run
 #       (5: a host stall in one round moves that round's p99 by milliseconds), SERVER_ARGS extra server flags,
 #       space-separated (none: the server's defaults, e.g. SERVER_ARGS="--flush-pacing fixed --preallocate-bytes 0"
-#       for the previous ones), SETTLE_S seconds of quiet after a `sync` before each run (3), OUT
+#       for the previous ones), SETTLE_S seconds of quiet after a `sync` before each run (3), SETTLE_S_PER_GB more
+#       seconds per GB the previous run's ledger wrote (8: after a batch-8,190 run wrote 2 GB, fdatasync here stalls
+#       up to 9 ms for about 15 s; the first run after it lost 15-25 % of its capacity or its p99), OUT
 #       (results/baselines/ledger-batch-curve.json), KEEP_TMP=1 keeps the temporary folder.
 #   --quick: ROUNDS=1 OPEN_ROUNDS=1 DUR=3, OUT defaults to ${TMPDIR:-/tmp}/ledger-batch-curve.quick.json.
 # All traffic goes to 127.0.0.1; every run is bounded by DUR, the profile's caps and `timeout`.
@@ -63,6 +65,9 @@ CONNS=${CONNS:-16}
 SETTLE_S=${SETTLE_S:-3}
 [[ $SETTLE_S =~ ^[0-9]{1,3}$ ]] || { echo "ledger-batch-curve: SETTLE_S must be whole seconds (0-999), got '$SETTLE_S'" >&2; exit 2; }
 export SETTLE_S
+SETTLE_S_PER_GB=${SETTLE_S_PER_GB:-8}
+[[ $SETTLE_S_PER_GB =~ ^[0-9]{1,3}$ ]] || { echo "ledger-batch-curve: SETTLE_S_PER_GB must be whole seconds (0-999), got '$SETTLE_S_PER_GB'" >&2; exit 2; }
+export SETTLE_S_PER_GB
 SINGLE_CONNS=${SINGLE_CONNS:-64}
 OPEN_CONNS=${OPEN_CONNS:-256}
 SERVER_ARGS=${SERVER_ARGS:-}
@@ -135,8 +140,13 @@ run() { # name -> prints the result path
     # Settle first: the previous run's server wrote up to gigabytes (batch 8,190) and removed its data directory on
     # the way out; its dirty pages and freed blocks must not be flushed during this run's measurement. (In both
     # curves at 6c99c76 and 78c71ba the first open round, right after the batch-8,190 runs, was the worst of its kind.)
+    # The settle grows with what the previous run wrote: the guest's queue is empty as soon as `sync` returns, but
+    # the virtual disk under it is not (ext4 here is mounted with online `discard`, and the removed data directory's
+    # blocks are discarded too); in five curves the first open round after the batch-8,190 runs was invalid.
+    local prev_bytes=0
+    [[ -f $TMP/last-bytes ]] && prev_bytes=$(<"$TMP/last-bytes")
     timeout 120 sync || true
-    sleep "$SETTLE_S"
+    sleep "$(python3 -c 'import sys; print(f"{int(sys.argv[1]) + int(sys.argv[2]) / 1e9 * int(sys.argv[3]):.1f}")' "$SETTLE_S" "$prev_bytes" "$SETTLE_S_PER_GB")"
     timeout $((DUR * 3 + 120)) "$LOADGEN" run "$TMP/$name.toml" --out "$out" >"$TMP/$name.log" 2>&1 || rc=$?
     # Exit 2 with a complete result whose `valid` is false is an invalid *measurement* (the loader could not keep its
     # schedule): it is kept, marked, and reported, not dropped. Anything else (a lost transfer is 1) stops the script.
@@ -145,6 +155,11 @@ run() { # name -> prints the result path
         tail -30 "$TMP/$name.log" >&2
         exit 1
     fi
+    python3 - "$out/result.json" >"$TMP/last-bytes" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(int(sum(m.get("ledger_log_bytes_total", 0) for p in r["phases"] for m in p["server_metrics"].values())))
+EOF
     ((rc == 0)) || echo "ledger-batch-curve: run $name is an invalid measurement (kept, marked valid=false): $(grep -A3 'run: INVALID' "$TMP/$name.log" | tail -n +2 | tr -s ' ' | head -c 300)" >&2
     echo "$out/result.json"
 }
@@ -210,7 +225,9 @@ for arg in sys.argv[11:]:
         "valid": res["valid"],
     })
 def med(rows, key):
-    vals = [r[key] for r in rows if r[key] is not None]
+    # Over the valid rounds: an invalid round measured the loader (or the host), not the ledger. Every round, valid
+    # or not, stays in `rounds`.
+    vals = [r[key] for r in rows if r["valid"] and r[key] is not None]
     return statistics.median(vals) if vals else None
 curve = []
 for (kind, b), rows in sorted(runs.items()):
@@ -238,7 +255,7 @@ doc = {
     "command": f"scripts/ledger-batch-curve.sh {args}".strip(),
     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     "git": {"commit": commit, "dirty": dirty},
-    "settings": {"duration_s": int(dur), "connections": int(conns), "single_transfer_connections": int(single_conns), "open_loop_connections": int(open_conns), "server_args": json.loads(server_args), "rounds": int(rounds), "open_rounds": int(open_rounds), "settle_s": float(os.environ.get("SETTLE_S", "3")), "half_capacity_rps": float(half)},
+    "settings": {"duration_s": int(dur), "connections": int(conns), "single_transfer_connections": int(single_conns), "open_loop_connections": int(open_conns), "server_args": json.loads(server_args), "rounds": int(rounds), "open_rounds": int(open_rounds), "settle_s": float(os.environ.get("SETTLE_S", "3")), "settle_s_per_gb": float(os.environ.get("SETTLE_S_PER_GB", "8")), "half_capacity_rps": float(half)},
     "host": host,
     "curve": curve,
 }
