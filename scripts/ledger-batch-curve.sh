@@ -137,16 +137,14 @@ run() { # name -> prints the result path
     local name=$1
     local out="$TMP/out-$name"
     local rc=0
-    # Settle first: the previous run's server wrote up to gigabytes (batch 8,190) and removed its data directory on
-    # the way out; its dirty pages and freed blocks must not be flushed during this run's measurement. (In both
-    # curves at 6c99c76 and 78c71ba the first open round, right after the batch-8,190 runs, was the worst of its kind.)
-    # The settle grows with what the previous run wrote: the guest's queue is empty as soon as `sync` returns, but
-    # the virtual disk under it is not (ext4 here is mounted with online `discard`, and the removed data directory's
-    # blocks are discarded too); in five curves the first open round after the batch-8,190 runs was invalid.
+    # Settle first, longer the more the previous run wrote: its server wrote up to gigabytes (batch 8,190) and
+    # removed its data directory on the way out. The guest's queue is empty as soon as `sync` returns, but the
+    # virtual disk under it is not (ext4 here is mounted with online `discard`, so the removed blocks are discarded
+    # too); in five curves without this the first open round after the batch-8,190 runs was invalid.
     local prev_bytes=0
     [[ -f $TMP/last-bytes ]] && prev_bytes=$(<"$TMP/last-bytes")
     timeout 120 sync || true
-    sleep "$(python3 -c 'import sys; print(f"{int(sys.argv[1]) + int(sys.argv[2]) / 1e9 * int(sys.argv[3]):.1f}")' "$SETTLE_S" "$prev_bytes" "$SETTLE_S_PER_GB")"
+    sleep $((SETTLE_S + prev_bytes * SETTLE_S_PER_GB / 1000000000))
     timeout $((DUR * 3 + 120)) "$LOADGEN" run "$TMP/$name.toml" --out "$out" >"$TMP/$name.log" 2>&1 || rc=$?
     # Exit 2 with a complete result whose `valid` is false is an invalid *measurement* (the loader could not keep its
     # schedule): it is kept, marked, and reported, not dropped. Anything else (a lost transfer is 1) stops the script.
